@@ -1,0 +1,1 @@
+"""hagview viewer (PyQt6)."""

@@ -1,0 +1,1 @@
+"""hagview pipeline: sources, inference engines, tracking, sizing, smoothing and outputs."""
