@@ -1,0 +1,128 @@
+"""How much to trust a box for sizing: cut by the field of view or the image edge, and blur.
+
+Each factor is in 0..1 and they multiply:
+- inside: fraction of the box, grown by `box_grow` like the sizer's input crop, that lies inside
+  the image and (when a FOV mask is given) inside the endoscope's circular field of view. A polyp
+  cut by the border is seen in part, so its size is under-read. The factor is inside**border_power.
+- sharpness: variance of the Laplacian inside the box on a copy of the frame scaled to
+  `analysis_width` pixels (so the figure does not depend on the capture resolution), mapped to
+  v / (v + blur_half_variance): 0.5 at the reference variance, towards 1 when sharp.
+- image quality = inside factor * sharpness; combined = image quality * detection confidence.
+
+The size smoother takes confidence and image quality separately (`SizeSmoother.add`); the track
+report shows the combined value. Everything is computed with summed-area tables, so the cost is
+one Laplacian per frame plus O(1) per box.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from trainer.errors import ConfigError
+
+
+@dataclass
+class BoxQuality:
+    """Per box (arrays of shape (K,))."""
+    inside: np.ndarray          # fraction of the grown box inside image and FOV
+    sharpness: np.ndarray       # 0..1 from the Laplacian variance
+    image_quality: np.ndarray   # inside**border_power * sharpness
+    combined: np.ndarray        # image_quality * detection confidence
+
+
+def grow_boxes(boxes: np.ndarray, grow: float) -> np.ndarray:
+    """Boxes enlarged by `grow` times their width/height in total (half on each side)."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    dx, dy = w * grow / 2, h * grow / 2
+    return np.stack([b[:, 0] - dx, b[:, 1] - dy, b[:, 2] + dx, b[:, 3] + dy], axis=1)
+
+
+def _box_sums(table: np.ndarray, boxes_int: np.ndarray) -> np.ndarray:
+    """Sums over [x1, x2) x [y1, y2) from an (H+1, W+1) summed-area table."""
+    x1, y1, x2, y2 = boxes_int.T
+    return table[y2, x2] - table[y1, x2] - table[y2, x1] + table[y1, x1]
+
+
+def inside_fraction(boxes: np.ndarray, image_size: tuple[int, int], fov_mask: np.ndarray | None = None,
+                    grow: float = 0.0) -> np.ndarray:
+    """Fraction of each (grown) box's area inside the image (width, height) and the FOV mask."""
+    b = grow_boxes(boxes, grow)
+    if len(b) == 0:
+        return np.zeros(0)
+    width, height = image_size
+    area = np.maximum((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), 1e-9)
+    if fov_mask is None:
+        iw = np.clip(np.minimum(b[:, 2], width) - np.maximum(b[:, 0], 0), 0, None)
+        ih = np.clip(np.minimum(b[:, 3], height) - np.maximum(b[:, 1], 0), 0, None)
+        return np.clip(iw * ih / area, 0.0, 1.0)
+    if fov_mask.shape[:2] != (height, width):
+        raise ValueError(f"inside_fraction: FOV mask is {fov_mask.shape[1]}x{fov_mask.shape[0]}, "
+                         f"the image {width}x{height}")
+    table = cv2.integral(fov_mask.astype(np.uint8))
+    clipped = np.stack([np.clip(np.round(b[:, 0]), 0, width), np.clip(np.round(b[:, 1]), 0, height),
+                        np.clip(np.round(b[:, 2]), 0, width), np.clip(np.round(b[:, 3]), 0, height)],
+                       axis=1).astype(np.int64)
+    return np.clip(_box_sums(table, clipped) / area, 0.0, 1.0)
+
+
+class QualityAssessor:
+    """`assess(image, boxes, scores, fov_mask) -> BoxQuality` (see the module doc for the model).
+
+    box_grow: growth of the box before the border test (use the sizer bundle's box_grow).
+    analysis_width: width the frame is scaled to for the blur measure.
+    blur_half_variance: Laplacian variance (8-bit grey at analysis_width) that maps to 0.5.
+    border_power: exponent on the inside fraction (2: a box 80% inside weighs 0.64).
+    """
+
+    def __init__(self, *, box_grow: float = 0.5, analysis_width: int = 640,
+                 blur_half_variance: float = 30.0, border_power: float = 2.0):
+        if not (isinstance(box_grow, (int, float)) and 0 <= box_grow <= 4):
+            raise ConfigError(f"QualityAssessor: box_grow must be a number in [0, 4], got {box_grow!r}")
+        if not (isinstance(analysis_width, int) and analysis_width >= 32):
+            raise ConfigError(f"QualityAssessor: analysis_width must be an integer >= 32, got {analysis_width!r}")
+        if not (isinstance(blur_half_variance, (int, float)) and blur_half_variance > 0):
+            raise ConfigError(f"QualityAssessor: blur_half_variance must be a number > 0, got {blur_half_variance!r}")
+        if not (isinstance(border_power, (int, float)) and border_power >= 0):
+            raise ConfigError(f"QualityAssessor: border_power must be a number >= 0, got {border_power!r}")
+        self.box_grow = float(box_grow)
+        self.analysis_width = analysis_width
+        self.blur_half_variance = float(blur_half_variance)
+        self.border_power = float(border_power)
+
+    def sharpness(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """0..1 per box from the variance of the Laplacian inside the (ungrown) box."""
+        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        if len(b) == 0:
+            return np.zeros(0)
+        height, width = image.shape[:2]
+        scale = min(1.0, self.analysis_width / width)
+        gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
+        if scale < 1.0:
+            gray = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
+                              interpolation=cv2.INTER_AREA)
+        lap = cv2.Laplacian(gray, cv2.CV_32F, ksize=1)
+        sums, sq_sums = cv2.integral2(lap, sdepth=cv2.CV_64F, sqdepth=cv2.CV_64F)
+        gh, gw = gray.shape
+        s = b * scale
+        xy = np.stack([np.clip(np.floor(s[:, 0]), 0, gw), np.clip(np.floor(s[:, 1]), 0, gh),
+                       np.clip(np.ceil(s[:, 2]), 0, gw), np.clip(np.ceil(s[:, 3]), 0, gh)], axis=1).astype(np.int64)
+        n = (xy[:, 2] - xy[:, 0]) * (xy[:, 3] - xy[:, 1])
+        total = _box_sums(sums, xy)
+        total_sq = _box_sums(sq_sums, xy)
+        safe_n = np.maximum(n, 1)
+        variance = np.clip(total_sq / safe_n - (total / safe_n) ** 2, 0, None)
+        result = variance / (variance + self.blur_half_variance)
+        return np.where(n >= 4, result, 0.0)
+
+    def assess(self, image: np.ndarray, boxes, scores=None, fov_mask: np.ndarray | None = None) -> BoxQuality:
+        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        height, width = image.shape[:2]
+        inside = inside_fraction(b, (width, height), fov_mask, self.box_grow)
+        sharp = self.sharpness(image, b)
+        image_quality = np.power(inside, self.border_power) * sharp
+        conf = np.ones(len(b)) if scores is None else np.clip(np.asarray(scores, dtype=np.float64), 0, 1)
+        return BoxQuality(inside=inside, sharpness=sharp, image_quality=image_quality,
+                          combined=image_quality * conf)

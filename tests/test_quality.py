@@ -1,0 +1,77 @@
+"""Box quality on synthetic images: border cut (image edge and FOV), blur, folding with confidence."""
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.quality import QualityAssessor, grow_boxes, inside_fraction
+from trainer.errors import ConfigError
+
+
+def textured(w=320, h=240, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_grow_boxes():
+    np.testing.assert_allclose(grow_boxes([[10, 20, 30, 60]], 0.5), [[5, 10, 35, 70]])
+
+
+def test_inside_fraction_image_edge():
+    boxes = np.array([[100, 100, 140, 140],      # fully inside
+                      [-20, 100, 20, 140],       # half cut by the left edge
+                      [300, 220, 340, 260],      # a quarter inside (corner)
+                      [400, 10, 450, 50]])       # off the image
+    np.testing.assert_allclose(inside_fraction(boxes, (320, 240)), [1.0, 0.5, 0.25, 0.0])
+    # grown by 50% the first box is still inside, the cut one loses more
+    grown = inside_fraction(boxes[:2], (320, 240), grow=0.5)
+    assert grown[0] == 1.0 and grown[1] == pytest.approx(30 / 60)
+
+
+def test_inside_fraction_circular_fov():
+    fov = np.zeros((240, 320), np.uint8)
+    cv2.circle(fov, (160, 120), 110, 1, -1)
+    fov = fov.astype(bool)
+    centre = [140, 100, 180, 140]
+    rim = [250, 100, 290, 140]       # circle edge at x = 270: about half the box outside
+    outside = [0, 0, 30, 30]         # image corner, black outside the FOV
+    got = inside_fraction(np.array([centre, rim, outside]), (320, 240), fov)
+    assert got[0] == 1.0 and 0.35 < got[1] < 0.6 and got[2] == 0.0
+    with pytest.raises(ValueError, match="FOV mask is 10x10"):
+        inside_fraction(np.array([centre]), (320, 240), np.ones((10, 10), bool))
+
+
+def test_blur_lowers_sharpness_and_quality_folds_confidence():
+    sharp = textured()
+    blurred = cv2.GaussianBlur(sharp, (0, 0), 3)
+    box = np.array([[100, 80, 180, 160]], np.float64)
+    qa = QualityAssessor()
+    s_sharp = qa.sharpness(sharp, box)[0]
+    s_blur = qa.sharpness(blurred, box)[0]
+    assert s_sharp > 0.9 and s_blur < 0.5 * s_sharp
+    flat = np.full_like(sharp, 128)
+    assert qa.sharpness(flat, box)[0] == 0.0
+
+    q = qa.assess(sharp, np.vstack([box, [[-40, 80, 40, 160]]]), scores=[0.8, 0.8])
+    assert q.inside[0] == 1.0 and q.inside[1] == pytest.approx(0.5)   # grown 1.5x: -60..60
+    np.testing.assert_allclose(q.image_quality, q.inside ** 2 * q.sharpness)
+    np.testing.assert_allclose(q.combined, 0.8 * q.image_quality)
+    assert q.combined[0] > 3 * q.combined[1]
+    assert np.all((q.combined >= 0) & (q.combined <= 1))
+
+
+def test_sharpness_independent_of_resolution():
+    img = cv2.GaussianBlur(textured(640, 480, seed=3), (0, 0), 1.0)
+    big = cv2.resize(img, (1280, 960), interpolation=cv2.INTER_CUBIC)
+    qa = QualityAssessor(analysis_width=640)
+    small_s = qa.sharpness(img, np.array([[200, 150, 400, 300]]))[0]
+    big_s = qa.sharpness(big, np.array([[400, 300, 800, 600]]))[0]
+    assert big_s == pytest.approx(small_s, abs=0.1)
+
+
+def test_empty_boxes_and_validation():
+    q = QualityAssessor().assess(textured(), np.zeros((0, 4)))
+    assert q.combined.shape == (0,)
+    with pytest.raises(ConfigError, match="box_grow must be a number in"):
+        QualityAssessor(box_grow=-1)
+    with pytest.raises(ConfigError, match="blur_half_variance"):
+        QualityAssessor(blur_half_variance=0)

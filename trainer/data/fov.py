@@ -1,0 +1,101 @@
+"""Field of view: the lit circle/octagon of the endoscope image inside its black border.
+
+Pixels outside the field of view carry no information (black, or the tower's text overlay),
+so the sizer's inputs are zeroed there. The border is found as the dark region connected to
+the image edge: the lumen is dark too, but it is surrounded by lit mucosa, and the convex hull
+of the lit region closes any gap where the dark lumen meets the rim.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import cv2
+import numpy as np
+
+DARK_THRESHOLD = 24          # max(R,G,B) below this counts as border black (8-bit)
+MIN_FOV_FRACTION = 0.15      # a smaller "field of view" means the frame was too dark to tell
+ANALYSIS_WIDTH = 320         # estimate on a downscaled copy: the border is large and smooth
+
+
+def estimate_fov_mask(image_rgb: np.ndarray, dark_threshold: int = DARK_THRESHOLD) -> np.ndarray:
+    """Bool HxW, True inside the field of view.
+
+    Steps: max over channels (mucosa is red, so a luminance threshold would cut dark red
+    tissue), threshold, keep the largest lit component (drops the overlay text), fill it as a
+    convex polygon (fills the dark lumen and any dark notch where it touches the rim).
+    A frame with no dark border gives all True; so does one where the lit area is under
+    `MIN_FOV_FRACTION` of the frame, as such a frame (dark, blank) says nothing about the border.
+    """
+    if image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 image, got shape {image_rgb.shape}")
+    h, w = image_rgb.shape[:2]
+    scale = min(1.0, ANALYSIS_WIDTH / w)
+    small = image_rgb if scale == 1.0 else cv2.resize(
+        image_rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    bright = small.max(axis=2)
+    bright = cv2.medianBlur(bright, 3)
+    lit = (bright >= dark_threshold).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(lit, connectivity=8)
+    if count <= 1:
+        return np.ones((h, w), dtype=bool)
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    if stats[largest, cv2.CC_STAT_AREA] < MIN_FOV_FRACTION * lit.size:
+        return np.ones((h, w), dtype=bool)
+    points = cv2.findNonZero((labels == largest).astype(np.uint8))
+    hull = cv2.convexHull(points)
+    if scale != 1.0:
+        # Map pixel-centre coordinates of the small image back to the full frame.
+        hull = ((hull.astype(np.float64) + 0.5) / scale - 0.5)
+        # Grow by half a small pixel so the rim pixels are not lost to the rounding.
+        centre = hull.reshape(-1, 2).mean(axis=0)
+        vec = hull.reshape(-1, 2) - centre
+        norm = np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-6)
+        hull = (centre + vec + vec / norm * (0.5 / scale)).reshape(-1, 1, 2)
+    mask = np.zeros((h, w), dtype=np.uint8)
+    cv2.fillConvexPoly(mask, np.round(hull).astype(np.int32), 1)
+    return mask.astype(bool)
+
+
+class FovMaskCache:
+    """One FOV mask per video and frame size: the border does not move within a video.
+
+    `get(video, image)` estimates on the first frame of a video and reuses it; a frame whose
+    estimate was inconclusive (all True) is not cached, so the next frame tries again.
+    Thread-safe; holds at most `max_entries` masks (least recently used dropped first).
+    """
+
+    def __init__(self, max_entries: int = 256, dark_threshold: int = DARK_THRESHOLD):
+        self.max_entries = max_entries
+        self.dark_threshold = dark_threshold
+        self._masks: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.estimates = 0
+
+    @staticmethod
+    def key(video: str, image: np.ndarray) -> tuple[str, int, int]:
+        return (str(video), image.shape[1], image.shape[0])
+
+    def get(self, video: str, image_rgb: np.ndarray) -> np.ndarray:
+        key = self.key(video, image_rgb)
+        with self._lock:
+            mask = self._masks.get(key)
+            if mask is not None:
+                self._masks.move_to_end(key)
+                return mask
+        mask = estimate_fov_mask(image_rgb, self.dark_threshold)
+        with self._lock:
+            self.estimates += 1
+            if not mask.all():
+                mask.flags.writeable = False     # shared between callers
+                self._masks[key] = mask
+                while len(self._masks) > self.max_entries:
+                    self._masks.popitem(last=False)
+        return mask
+
+    def clear(self) -> None:
+        with self._lock:
+            self._masks.clear()
+
+    def __len__(self) -> int:
+        return len(self._masks)
