@@ -1,0 +1,280 @@
+"""Between the pipeline's threads and the GUI thread.
+
+- Frames: the pipeline calls `on_result` on its capture thread, which must return at once: the
+  frame is offered to the recorder (a non-blocking put) and left in a latest-wins slot for the
+  display thread. That thread scales the frame to the video area (off the GUI thread), puts it
+  in a latest-value slot and, when the GUI has not been told yet, emits `frame_ready` (delivered
+  on the GUI thread as a queued signal). The GUI takes the newest frame; there is never more
+  than one notification waiting, so a slow paint skips frames instead of piling them up.
+- Commands (open, pause, seek, speed, threshold, snapshot, stopping a recording): run one at a
+  time on a control thread, because some of them wait (opening a device, loading models, a seek
+  that decodes, finishing an MP4); failures come back as `command_failed(message)`.
+- Statistics: polled on a thread of their own and delivered with `stats_ready`.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from PyQt6.QtCore import QObject, pyqtSignal
+
+from pipeline.graph import EdgeClosed, LatestSlot
+from pipeline.runtime import LivePipeline
+from pipeline.sources.base import SourceStatus
+from pipeline.types import FrameResult
+from trainer.errors import HagviewError
+
+from .recorder import Recorder, RecordingSummary
+from .snapshot import save_snapshot
+from .video import ARRIVAL_STAMP, scale_for_display
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SourceInfo:
+    """What the window needs to know about an opened source."""
+    spec: str
+    duration: float | None        # seconds for files; None for live sources
+    fps: float | None
+    seekable: bool
+    live: bool
+    backend: str
+    model_info: dict[str, Any]
+
+
+class PipelineBridge(QObject):
+    frame_ready = pyqtSignal()                 # take_result() has a new frame
+    state_changed = pyqtSignal(str, str)       # SourceStatus state, message
+    opened = pyqtSignal(object)                # SourceInfo
+    stats_ready = pyqtSignal(object)           # LivePipeline.stats() dict
+    command_failed = pyqtSignal(str)           # one-line message
+    notice = pyqtSignal(str)                   # done: snapshot written, recording finished
+
+    def __init__(self, *, config=None, sizer: str | Path | None = None, detector: str | Path | None = None,
+                 backend: str = "auto", boxes: str | Path | None = None, stats_interval_s: float = 0.5,
+                 parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.config = config
+        self.sizer = sizer
+        self.detector = detector
+        self.backend = backend
+        self.boxes = boxes
+        self.stats_interval_s = stats_interval_s
+        self.pipeline: LivePipeline | None = None
+        self.info: SourceInfo | None = None
+        self.recorder: Recorder | None = None
+        self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hagview-control")
+        self._lock = threading.Lock()
+        self._latest: tuple[FrameResult, Any] | None = None
+        self._notified = False
+        self.gui_skipped = 0
+        self.scale_cpu_ms: deque[float] = deque(maxlen=3000)    # display thread CPU per frame
+        self.display_area: Callable[[], tuple[int, int]] | None = None   # the video area, device pixels
+        self._session = 0
+        self._closing = threading.Event()
+        self._display_slot: LatestSlot[tuple[int, FrameResult]] = LatestSlot("in:display")
+        self._display_thread = threading.Thread(target=self._display_loop, name="hagview-display", daemon=True)
+        self._display_thread.start()
+        self._stats_thread = threading.Thread(target=self._stats_loop, name="hagview-stats", daemon=True)
+        self._stats_thread.start()
+
+    # --- frames (capture thread -> display thread -> GUI thread) -----------------------------
+    def _on_result(self, session: int, result: FrameResult) -> None:
+        if session != self._session:
+            return                                   # a pipeline being replaced or stopped
+        result.frame.stamps[ARRIVAL_STAMP] = time.perf_counter()
+        recorder = self.recorder
+        if recorder is not None:
+            recorder.offer(result)
+        try:
+            self._display_slot.put((session, result))
+        except EdgeClosed:
+            pass
+
+    def _display_loop(self) -> None:
+        while True:
+            try:
+                item = self._display_slot.get(timeout=0.5)
+            except EdgeClosed:
+                return
+            if item is None or item[0] != self._session:
+                continue
+            result = item[1]
+            try:
+                area = self.display_area() if self.display_area is not None else (0, 0)
+                cpu = time.thread_time()
+                display = scale_for_display(result.frame.image, area)
+                self.scale_cpu_ms.append((time.thread_time() - cpu) * 1e3)
+            except Exception:       # the GUI scales the frame itself then
+                log.debug("display scaling failed", exc_info=True)
+                display = None
+            with self._lock:
+                if self._latest is not None:
+                    self.gui_skipped += 1        # the GUI had not taken the previous one yet
+                self._latest = (result, display)
+                notify = not self._notified
+                self._notified = True
+            if notify:
+                self.frame_ready.emit()
+
+    def take_result(self) -> tuple[FrameResult, Any] | tuple[None, None]:
+        """(the newest result since the last call, its frame scaled for display), or (None, None)."""
+        with self._lock:
+            latest, self._latest = self._latest, None
+            self._notified = False
+        return latest if latest is not None else (None, None)
+
+    def _on_state(self, session: int, status: SourceStatus) -> None:
+        if session == self._session:
+            self.state_changed.emit(status.state, status.message)
+
+    # --- commands ---------------------------------------------------------------------------
+    def _submit(self, what: str, work: Callable[[], Any]) -> Future:
+        def run():
+            try:
+                return work()
+            except (HagviewError, ValueError, OSError) as exc:
+                self.command_failed.emit(f"{what}: {exc}")
+            except Exception as exc:    # the window shows it; the program keeps running
+                log.debug("%s failed", what, exc_info=True)
+                self.command_failed.emit(f"{what}: {type(exc).__name__}: {exc}")
+            return None
+        return self._control.submit(run)
+
+    def open(self, source: str) -> Future:
+        """Stop the current pipeline (if any) and start one on `source`; errors go to the window
+        as the "error" state, the program keeps running."""
+        def work():
+            self._stop_pipeline()
+            self._session += 1
+            session = self._session
+            self.state_changed.emit("reconnecting", f"opening {source}")
+            try:
+                pipe = LivePipeline(source, config=self.config, sizer=self.sizer, detector=self.detector,
+                                    backend=self.backend, boxes=self.boxes,
+                                    on_result=lambda r: self._on_result(session, r),
+                                    on_state=lambda s: self._on_state(session, s))
+            except HagviewError as exc:
+                self.state_changed.emit("error", str(exc))
+                return
+            except Exception as exc:
+                log.debug("opening %s failed", source, exc_info=True)
+                self.state_changed.emit("error", f"{source}: {type(exc).__name__}: {exc}")
+                return
+            src = pipe.source
+            self.info = SourceInfo(spec=source, duration=pipe.duration, fps=src.fps, seekable=src.seekable,
+                                   live=src.is_live, backend=pipe.backend_name, model_info=pipe.model_info)
+            self.pipeline = pipe
+            self.opened.emit(self.info)
+            pipe.start()
+        return self._submit(f"open {source}", work)
+
+    def _call(self, what: str, method: str, *args) -> Future:
+        def work():
+            pipe = self.pipeline
+            if pipe is None:
+                raise HagviewError("no source is open")
+            getattr(pipe, method)(*args)
+        return self._submit(what, work)
+
+    def pause(self) -> Future:
+        return self._call("pause", "pause")
+
+    def resume(self) -> Future:
+        return self._call("play", "resume")
+
+    def step(self) -> Future:
+        return self._call("step", "step")
+
+    def seek(self, seconds: float) -> Future:
+        return self._call("seek", "seek", max(0.0, float(seconds)))
+
+    def set_speed(self, factor: float | None) -> Future:
+        return self._call("speed", "set_speed", factor)
+
+    def set_score_threshold(self, threshold: float) -> Future:
+        return self._call("confidence threshold", "set_score_threshold", float(threshold))
+
+    def snapshot(self, result: FrameResult, directory: str | Path, *, synthetic: bool,
+                 selected_id: int | None) -> Future:
+        def work():
+            info = self.info
+            files = save_snapshot(result, directory, synthetic=synthetic, selected_id=selected_id,
+                                  source=info.spec if info else "", models=info.model_info if info else None)
+            self.notice.emit(f"snapshot: {files.raw.name}, {files.annotated.name} in {files.raw.parent}")
+            return files
+        return self._submit("snapshot", work)
+
+    # --- recording --------------------------------------------------------------------------
+    def start_recording(self, path: str | Path, *, mode: str, synthetic: bool) -> Recorder:
+        """Start recording the frames from now on (raises for a bad path or mode)."""
+        if self.recorder is not None:
+            raise HagviewError(f"already recording to {self.recorder.path}")
+        fps = self.info.fps if self.info is not None else None
+        self.recorder = Recorder(path, mode=mode, fps=fps or 30.0, synthetic=synthetic)
+        return self.recorder
+
+    def stop_recording(self) -> Future | None:
+        recorder, self.recorder = self.recorder, None
+        if recorder is None:
+            return None
+
+        def work() -> RecordingSummary:
+            summary = recorder.stop()
+            if summary.error:
+                raise HagviewError(summary.error)
+            dropped = f", {summary.frames_dropped} dropped" if summary.frames_dropped else ""
+            self.notice.emit(f"recording: {summary.frames_written} frames{dropped} -> {summary.path}")
+            return summary
+        return self._submit("recording", work)
+
+    # --- statistics -------------------------------------------------------------------------
+    def _stats_loop(self) -> None:
+        while not self._closing.wait(self.stats_interval_s):
+            pipe = self.pipeline
+            if pipe is None:
+                continue
+            try:
+                stats = pipe.stats()
+            except Exception:       # counters change under our feet; the next poll will do
+                log.debug("stats failed", exc_info=True)
+                continue
+            stats.setdefault("drops", {})["in:display"] = self._display_slot.drops
+            stats["drops"]["gui"] = self.gui_skipped
+            recorder = self.recorder
+            if recorder is not None:
+                stats["recording"] = {"path": str(recorder.path), "frames": recorder.frames_written,
+                                      "dropped": recorder.frames_dropped, "error": recorder.error}
+            self.stats_ready.emit(stats)
+
+    # --- shutting down ----------------------------------------------------------------------
+    def _stop_pipeline(self) -> None:
+        pipe, self.pipeline = self.pipeline, None
+        self._session += 1
+        if pipe is not None:
+            pipe.stop()
+        with self._lock:
+            self._latest = None
+
+    def shutdown(self, timeout: float = 15.0) -> RecordingSummary | None:
+        """Finish a recording, stop the pipeline and the threads (blocks; at exit only).
+        Returns what the recording that was running wrote (None if none was)."""
+        self._closing.set()
+        self._display_slot.close()
+        recording = self.stop_recording()
+        done = self._control.submit(self._stop_pipeline)
+        summary = None
+        try:
+            summary = recording.result(timeout) if recording is not None else None
+            done.result(timeout)
+        except Exception:
+            log.warning("the pipeline did not stop cleanly", exc_info=True)
+        self._control.shutdown(wait=False, cancel_futures=True)
+        return summary

@@ -1,0 +1,367 @@
+"""The video area: the newest frame painted at once, the overlay drawn as vectors on top.
+
+The frame's RGB buffer is wrapped by a QImage without copying (the widget keeps the numpy
+array alive for as long as the QImage refers to it) and scaled into the widget with its aspect
+ratio kept. Boxes, labels and banners are drawn with QPainter in widget coordinates, so text
+stays sharp and readable at any window size; `render_annotated` draws the same overlay onto
+a full-resolution copy of the frame for snapshots.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import cv2
+import numpy as np
+from PyQt6.QtCore import QPointF, QRectF, QSize, Qt, pyqtSignal
+from PyQt6.QtGui import QColor, QFont, QFontMetricsF, QImage, QPainter, QPainterPath, QPen
+from PyQt6.QtWidgets import QSizePolicy, QWidget
+
+from pipeline.overlay import SYNTHETIC_MARK, track_colour
+from pipeline.types import FrameResult, TrackReport
+
+PAINT_STAMP = "painted"          # Frame.stamps key: perf_counter() when the frame was on screen
+ARRIVAL_STAMP = "gui_arrival"    # Frame.stamps key: perf_counter() when the viewer received it
+
+# Source states that leave no live picture: the last frame is dimmed under a message. An error
+# (the analysis stopped, the source failed) is a red banner: frames may still be coming.
+_NO_PICTURE_STATES = ("no signal", "reconnecting")
+
+
+def wrap_rgb(image: np.ndarray) -> QImage:
+    """A QImage over the RGB uint8 HxWx3 buffer itself (no copy); keep `image` alive while used."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected RGB uint8 HxWx3, got {image.dtype} {image.shape}")
+    if not image.flags.c_contiguous:
+        image = np.ascontiguousarray(image)
+    height, width = image.shape[:2]
+    return QImage(image.data, width, height, image.strides[0], QImage.Format.Format_RGB888)
+
+
+def qimage_to_rgb(image: QImage) -> np.ndarray:
+    """A QImage as a new RGB uint8 HxWx3 array."""
+    rgb = image.convertToFormat(QImage.Format.Format_RGB888)
+    width, height = rgb.width(), rgb.height()
+    bits = rgb.constBits()
+    bits.setsize(rgb.sizeInBytes())
+    rows = np.frombuffer(bits, dtype=np.uint8).reshape(height, rgb.bytesPerLine())
+    return rows[:, :width * 3].reshape(height, width, 3).copy()
+
+
+def fit_rect(image_width: int, image_height: int, area: QRectF) -> QRectF:
+    """The largest rectangle of the image's aspect ratio centred in `area`."""
+    scale = min(area.width() / image_width, area.height() / image_height)
+    width, height = image_width * scale, image_height * scale
+    return QRectF(area.x() + (area.width() - width) / 2, area.y() + (area.height() - height) / 2, width, height)
+
+
+def scale_for_display(image: np.ndarray, area: tuple[int, int]) -> np.ndarray:
+    """The frame at the size it will be shown in `area` (device pixels), aspect kept.
+
+    Run on the pipeline's output thread, so the GUI thread only blits the picture 1:1
+    (cv2's bilinear resize releases the GIL; Qt's scaled blit of 24-bit RGB does not compete).
+    The frame itself comes back unchanged when it already fits exactly.
+    """
+    height, width = image.shape[:2]
+    area_w, area_h = area
+    if area_w <= 0 or area_h <= 0:
+        return image
+    scale = min(area_w / width, area_h / height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if size == (width, height):
+        return image
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 0.5 else cv2.INTER_LINEAR)
+
+
+def track_text(report: TrackReport) -> str:
+    est = report.estimate
+    if est is None:
+        return f"#{report.track_id}  sizing..."
+    return f"#{report.track_id}  {est.size_mm:.1f} mm [{est.low_mm:.1f}\u2013{est.high_mm:.1f}]  {est.size_class}"
+
+
+def paint_overlay(painter: QPainter, tracks: list[TrackReport], target: QRectF, image_size: tuple[int, int], *,
+                  selected_id: int | None = None, synthetic: bool = False, font_px: float = 13.0) -> None:
+    """Draw the confirmed tracks of one frame (image pixel boxes) onto `target`, where the image
+    of `image_size` (width, height) is shown. Boxes are coloured by size class; a coasting track
+    (not matched on this frame) is dashed; the selected track gets a white halo, the others fade.
+    """
+    scale = target.width() / max(1, image_size[0])
+    painter.save()
+    painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+    font = QFont(painter.font())
+    font.setPixelSize(max(9, round(font_px)))
+    font.setBold(True)
+    painter.setFont(font)
+    metrics = QFontMetricsF(font)
+    line = max(2.0, font_px / 6.0)
+    for report in tracks:
+        if not report.confirmed:
+            continue
+        x1, y1, x2, y2 = report.box
+        box = QRectF(target.x() + x1 * scale, target.y() + y1 * scale, (x2 - x1) * scale, (y2 - y1) * scale)
+        colour = QColor(*track_colour(report))
+        faded = selected_id is not None and report.track_id != selected_id
+        if faded:
+            colour.setAlpha(110)
+        if report.track_id == selected_id:
+            painter.setPen(QPen(QColor(255, 255, 255, 230), line * 3.2))
+            painter.drawRect(box)
+        pen = QPen(colour, line * (1.6 if report.track_id == selected_id else 1.0))
+        if report.missed > 0:
+            pen.setStyle(Qt.PenStyle.DashLine)
+        painter.setPen(pen)
+        painter.setBrush(Qt.BrushStyle.NoBrush)
+        painter.drawRect(box)
+
+        text = track_text(report)
+        pad = font_px * 0.3
+        width, height = metrics.horizontalAdvance(text) + 2 * pad, metrics.height() + pad
+        x = min(max(box.left(), target.left()), target.right() - width)
+        y = box.top() - height - line
+        if y < target.top():                 # no room above: inside the top edge of the box
+            y = box.top() + line
+        label = QRectF(x, y, width, height)
+        path = QPainterPath()
+        path.addRoundedRect(label, pad, pad)
+        painter.fillPath(path, QColor(0, 0, 0, 80 if faded else 170))
+        painter.setPen(colour)
+        painter.drawText(label, Qt.AlignmentFlag.AlignCenter, text)
+    if synthetic:
+        _banner(painter, target, SYNTHETIC_MARK, QColor(170, 20, 20, 215), font, metrics, bottom=True)
+    painter.restore()
+
+
+def _banner(painter: QPainter, target: QRectF, text: str, background: QColor, font: QFont,
+            metrics: QFontMetricsF, *, bottom: bool) -> None:
+    pad = font.pixelSize() * 0.4
+    text = metrics.elidedText(text, Qt.TextElideMode.ElideRight, target.width() - 2 * pad)
+    width = min(target.width(), metrics.horizontalAdvance(text) + 2 * pad)
+    height = metrics.height() + pad
+    y = target.bottom() - height if bottom else target.top()
+    rect = QRectF(target.left(), y, width, height)
+    painter.fillRect(rect, background)
+    painter.setPen(QColor(255, 255, 255))
+    painter.drawText(rect, Qt.AlignmentFlag.AlignCenter, text)
+
+
+def overlay_font_px(target: QRectF) -> float:
+    """Label size that stays readable: grows with the shown picture, within 11..22 px."""
+    return float(np.clip(min(target.width(), target.height()) / 36.0, 11.0, 22.0))
+
+
+def render_annotated(result: FrameResult, *, synthetic: bool = False, selected_id: int | None = None) -> QImage:
+    """The frame at full resolution with the overlay drawn on it (a new image: for snapshots)."""
+    image = result.frame.image
+    height, width = image.shape[:2]
+    canvas = wrap_rgb(image).copy()     # a deep copy to draw on; the frame stays clean
+    painter = QPainter(canvas)
+    target = QRectF(0, 0, width, height)
+    paint_overlay(painter, result.tracks, target, (width, height), selected_id=selected_id,
+                  synthetic=synthetic, font_px=overlay_font_px(target))
+    painter.end()
+    return canvas
+
+
+class VideoWidget(QWidget):
+    """Shows the newest FrameResult; `show_result` paints it before returning.
+
+    Timing: each shown frame gets `stamps["painted"]` (perf_counter at the end of its paint);
+    `display_delays_ms` keeps capture-to-paint delays of the newest frames.
+    """
+
+    frame_painted = pyqtSignal(int)        # frame index, after it was painted
+    track_clicked = pyqtSignal(int)        # a click on a polyp's box (-1: on no box)
+    double_clicked = pyqtSignal()
+
+    def __init__(self, parent: QWidget | None = None, *, history: int = 3000) -> None:
+        super().__init__(parent)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent, True)   # we fill every pixel
+        self.setMinimumSize(320, 180)
+        self._result: FrameResult | None = None
+        self._image: QImage | None = None          # wraps _pixels (no copy)
+        self._pixels: np.ndarray | None = None     # the frame, or its display-sized version
+        self.display_area = (0, 0)                 # device pixels; read by the bridge's display thread
+        self.overlay_enabled = True
+        self.synthetic = False
+        self.selected_id: int | None = None
+        self.state = "paused"
+        self.state_message = ""
+        self.frames_painted = 0
+        self.painted_index = -1
+        self.display_delays_ms: deque[float] = deque(maxlen=history)     # capture -> paint
+        self.handoff_delays_ms: deque[float] = deque(maxlen=history)     # viewer arrival -> paint
+        self.paint_cpu_ms: deque[float] = deque(maxlen=history)          # GUI thread CPU per shown frame
+        self._pending_stats = False
+
+    # --- input --------------------------------------------------------------------------
+    @property
+    def result(self) -> FrameResult | None:
+        return self._result
+
+    def show_result(self, result: FrameResult, display: np.ndarray | None = None) -> None:
+        """Take the newest frame and paint it now (not at some later update).
+
+        `display`: the frame already scaled to the display area (`scale_for_display`); when
+        its size no longer matches (the window was resized meanwhile) Qt scales the frame.
+        """
+        self._result = result
+        self._pixels = display if display is not None else result.frame.image
+        self._image = wrap_rgb(self._pixels)
+        self._pending_stats = True
+        cpu = time.thread_time()      # CPU, not wall time: the viewer's own cost, whatever the machine does
+        self.repaint()
+        self.paint_cpu_ms.append((time.thread_time() - cpu) * 1e3)
+
+    def resizeEvent(self, event) -> None:
+        ratio = self.devicePixelRatioF()
+        self.display_area = (round(self.width() * ratio), round(self.height() * ratio))
+        super().resizeEvent(event)
+
+    def set_overlay_enabled(self, enabled: bool) -> None:
+        self.overlay_enabled = bool(enabled)
+        self.update()
+
+    def set_selected(self, track_id: int | None) -> None:
+        self.selected_id = track_id
+        self.update()
+
+    def set_state(self, state: str, message: str = "") -> None:
+        self.state, self.state_message = state, message
+        self.update()
+
+    def clear(self) -> None:
+        self._result, self._image, self._pixels = None, None, None
+        self.update()
+
+    def sizeHint(self) -> QSize:
+        return QSize(960, 600)
+
+    def image_rect(self) -> QRectF | None:
+        """Where the frame is shown in widget coordinates (None before the first frame)."""
+        if self._result is None:
+            return None
+        return self._placement()[0]
+
+    def _placement(self) -> tuple[QRectF, bool]:
+        """(target rectangle, whether the pixels can be blitted 1:1 at its top-left)."""
+        height, width = self._result.frame.image.shape[:2]
+        ratio = self.devicePixelRatioF()
+        target = fit_rect(width, height, QRectF(self.rect()))
+        shown_w, shown_h = self._image.width(), self._image.height()
+        if abs(shown_w - target.width() * ratio) <= 1.01 and abs(shown_h - target.height() * ratio) <= 1.01:
+            x, y = round(target.x()), round(target.y())
+            return QRectF(x, y, shown_w / ratio, shown_h / ratio), True
+        return target, False
+
+    def track_at(self, x: float, y: float) -> int | None:
+        """The confirmed track whose box (as shown) contains the widget point, smallest first."""
+        if self._result is None or not self.overlay_enabled:
+            return None
+        target = self._placement()[0]
+        scale = target.width() / self._result.frame.image.shape[1]
+        hits = []
+        for report in self._result.tracks:
+            x1, y1, x2, y2 = report.box
+            box = QRectF(target.x() + x1 * scale, target.y() + y1 * scale, (x2 - x1) * scale, (y2 - y1) * scale)
+            if report.confirmed and box.adjusted(-4, -4, 4, 4).contains(QPointF(x, y)):
+                hits.append((box.width() * box.height(), report.track_id))
+        return min(hits)[1] if hits else None
+
+    def mousePressEvent(self, event) -> None:
+        if event.button() == Qt.MouseButton.LeftButton:
+            hit = self.track_at(event.position().x(), event.position().y())
+            self.track_clicked.emit(-1 if hit is None else hit)
+        super().mousePressEvent(event)
+
+    def mouseDoubleClickEvent(self, event) -> None:
+        self.double_clicked.emit()
+        super().mouseDoubleClickEvent(event)
+
+    # --- painting -----------------------------------------------------------------------
+    def paintEvent(self, event) -> None:
+        painter = QPainter(self)
+        area = QRectF(self.rect())
+        painter.fillRect(self.rect(), QColor(12, 12, 14))
+        result, image = self._result, self._image
+        if image is None:
+            self._centre_text(painter, area, self._idle_text())
+            painter.end()
+            return
+        target, one_to_one = self._placement()
+        frame_size = (result.frame.image.shape[1], result.frame.image.shape[0])
+        if one_to_one:
+            image.setDevicePixelRatio(self.devicePixelRatioF())
+            painter.drawImage(target.topLeft(), image)
+        else:
+            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
+            painter.drawImage(target, image)
+        if self.overlay_enabled:
+            paint_overlay(painter, result.tracks, target, frame_size,
+                          selected_id=self.selected_id, synthetic=self.synthetic,
+                          font_px=overlay_font_px(target))
+        if self.state in _NO_PICTURE_STATES:
+            painter.fillRect(target, QColor(0, 0, 0, 150))
+            self._centre_text(painter, target, self._state_text())
+        elif self.state == "error":
+            font = QFont(self.font())
+            font.setPixelSize(max(11, round(overlay_font_px(target))))
+            font.setBold(True)
+            painter.setFont(font)
+            _banner(painter, target, f"ERROR: {self.state_message}", QColor(163, 32, 32, 230), font,
+                    QFontMetricsF(font), bottom=False)
+        elif self.state == "paused":
+            self._badge(painter, target, "PAUSED")
+        elif self.state == "ended":
+            self._badge(painter, target, "END")
+        painter.end()
+        if self._pending_stats:
+            self._pending_stats = False
+            self._record_paint(result)
+
+    def _record_paint(self, result: FrameResult) -> None:
+        now = time.perf_counter()
+        stamps = result.frame.stamps
+        stamps[PAINT_STAMP] = now
+        if "capture" in stamps:
+            self.display_delays_ms.append((now - stamps["capture"]) * 1e3)
+        if ARRIVAL_STAMP in stamps:
+            self.handoff_delays_ms.append((now - stamps[ARRIVAL_STAMP]) * 1e3)
+        self.frames_painted += 1
+        self.painted_index = result.frame.index
+        self.frame_painted.emit(result.frame.index)
+
+    def _idle_text(self) -> str:
+        if self.state == "error":
+            return f"{self._state_text()}\n\nCtrl+O open a file \u00b7 Ctrl+L a device or stream \u00b7 Ctrl+D the demo"
+        if self.state in _NO_PICTURE_STATES:
+            return self._state_text()
+        return "waiting for the first frame..."
+
+    def _state_text(self) -> str:
+        head = self.state.upper()
+        return f"{head}\n{self.state_message}" if self.state_message else head
+
+    def _centre_text(self, painter: QPainter, area: QRectF, text: str) -> None:
+        font = QFont(self.font())
+        font.setPixelSize(max(14, round(min(area.width(), area.height()) / 22)))
+        font.setBold(True)
+        painter.setFont(font)
+        painter.setPen(QColor(235, 235, 235) if self.state != "error" else QColor(255, 120, 110))
+        margin = area.width() * 0.06
+        painter.drawText(area.adjusted(margin, 0, -margin, 0),
+                         Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, text)
+
+    def _badge(self, painter: QPainter, target: QRectF, text: str) -> None:
+        font = QFont(self.font())
+        font.setPixelSize(max(11, round(overlay_font_px(target))))
+        font.setBold(True)
+        painter.setFont(font)
+        metrics = QFontMetricsF(font)
+        pad = font.pixelSize() * 0.5
+        rect = QRectF(0, 0, metrics.horizontalAdvance(text) + 2 * pad, metrics.height() + pad)
+        rect.moveTopRight(QPointF(target.right() - pad, target.top() + pad))
+        painter.fillRect(rect, QColor(0, 0, 0, 170))
+        painter.setPen(QColor(255, 255, 255))
+        painter.drawText(rect, Qt.AlignmentFlag.AlignCenter, text)

@@ -1,0 +1,403 @@
+"""`hagview-annotate INPUT... --out DIR`: offline annotation of recorded videos.
+
+Per input, a sub-directory `DIR/<input name>/` with
+  frames.jsonl   one line per analysed frame: index, time (s), tracks (id, box, score, per-frame
+                 size mm, smoothed size mm with interval, class, quality, missed)
+  polyps.json    per track: id, first/last frame and time, frames seen, final size and interval,
+                 class, thumbnail path
+  report.html    summary, thumbnails, size-over-time plots
+  thumbs/        one JPEG per polyp (its best-quality view)
+  annotated.mp4  with --render: H.264, same frame count and timestamps as the input
+  mot.txt        with --mot: the tracks in MOTChallenge form
+  run.json       inputs, models, options and pipeline statistics (written last)
+Each sub-directory is built under a temporary name and renamed when complete, so a directory
+that exists is a finished result (`--resume` skips it). A bad input fails alone with a one-line
+error; the exit code is 0 when every input succeeded, 1 otherwise, 2 for bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import math
+import os
+import sys
+import time
+from array import array
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from trainer.cli_util import EXIT_FAILURE, EXIT_OK, run_cli
+from trainer.errors import ConfigError, HagviewError
+from trainer.fsutil import atomic_dir, check_writable_dir, write_json_atomic, write_text_atomic
+from trainer.progress import Progress
+
+from .config import load_run_config, run_config_to_dict
+from .overlay import draw_overlay
+from .report import report_html, thin_indices
+from .runtime import GROUND_TRUTH_BOXES, Analysis, BoxProvider, build_analysis, default_bundle, run_offline
+from .sources import open_source, source_kind
+from .types import FrameResult, TrackReport
+
+log = logging.getLogger(__name__)
+
+PROG = "hagview-annotate"
+HISTORY_KEYS = ("time", "frame_mm", "smoothed_mm", "low_mm", "high_mm")
+AUTO_BOXES = "auto"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=PROG, description="Annotate recorded endoscopy videos: track polyps, "
+                                "size them per track, write per-frame results, a report and optionally a video.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files (or 'demo')")
+    p.add_argument("--out", required=True, help="output directory (one sub-directory per input)")
+    p.add_argument("--sizer", help="sizer bundle (default: the committed demo bundle when present)")
+    p.add_argument("--detector", help="detector bundle (default: the committed demo bundle when present)")
+    p.add_argument("--backend", default="auto", help="inference backend: auto, onnxruntime, torch-cpu, "
+                   "torch-cuda, torch-compile, tensorrt (default auto)")
+    p.add_argument("--boxes", action="append", metavar="FILE",
+                   help="given boxes instead of a detector: a synthetic .gt.json or MOTChallenge text file; "
+                        "once per input (same order) or 'auto' (INPUT's sibling <name>.gt.json / .gt.txt)")
+    p.add_argument("--no-sizer", action="store_true", help="track only, do not size")
+    p.add_argument("--render", action="store_true", help="also write annotated.mp4 (H.264, burnt-in overlay)")
+    p.add_argument("--mot", action="store_true", help="also write mot.txt (MOTChallenge tracks)")
+    p.add_argument("--every", type=int, default=1, metavar="N", help="analyse every Nth frame (default 1)")
+    p.add_argument("--resume", action="store_true", help="skip inputs whose output is already complete")
+    p.add_argument("--config", help="run config YAML (configs/run/*.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set detect.score_threshold=0.5")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    if args.every < 1:
+        p.error(f"--every must be >= 1, got {args.every}")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-input outputs
+# ---------------------------------------------------------------------------------------------
+
+def _round(v: float | None, digits: int = 3) -> float | None:
+    return None if v is None or not math.isfinite(v) else round(float(v), digits)
+
+
+def track_record(r: TrackReport) -> dict[str, Any]:
+    est = r.estimate
+    return {"id": r.track_id, "box": [round(float(v), 2) for v in r.box], "score": _round(r.score, 4),
+            "size_mm": _round(r.frame_size_mm), "smoothed_mm": _round(est.size_mm) if est else None,
+            "low_mm": _round(est.low_mm) if est else None, "high_mm": _round(est.high_mm) if est else None,
+            "class": est.size_class if est else None, "quality": _round(r.quality, 4), "missed": r.missed}
+
+
+class _PolypLog:
+    """What polyps.json and the report need about one track, gathered frame by frame."""
+
+    def __init__(self, track_id: int) -> None:
+        self.id = track_id
+        self.first_frame = self.last_frame = -1
+        self.first_time = self.last_time = 0.0
+        self.frames = 0
+        self.estimate = None
+        self.best_view = -1.0
+        self.thumbnail: np.ndarray | None = None
+        # Compact columns (8 bytes per value): an hour of video stays a few MB per polyp.
+        self.history = {key: array("d") for key in HISTORY_KEYS}
+
+    def add(self, index: int, time_s: float, report: TrackReport, image: np.ndarray, thumb_size: int) -> None:
+        if report.missed == 0:
+            if self.frames == 0:
+                self.first_frame, self.first_time = index, time_s
+            self.last_frame, self.last_time = index, time_s
+            self.frames += 1
+            view = report.quality * report.score
+            if view > self.best_view:
+                self.best_view = view
+                self.thumbnail = _crop_thumbnail(image, report.box, thumb_size)
+        if report.estimate is not None:
+            self.estimate = report.estimate
+        est = report.estimate
+        nan = math.nan
+        for key, value in (("time", time_s), ("frame_mm", report.frame_size_mm),
+                           ("smoothed_mm", est.size_mm if est else None), ("low_mm", est.low_mm if est else None),
+                           ("high_mm", est.high_mm if est else None)):
+            self.history[key].append(nan if value is None else value)
+
+    def history_rows(self) -> list[dict[str, float | None]]:
+        """The size history thinned to what a plot shows."""
+        columns = self.history
+        return [{key: (None if math.isnan(columns[key][i]) else columns[key][i]) for key in HISTORY_KEYS}
+                for i in thin_indices(len(columns["time"]))]
+
+    def record(self, thumbnail: str | None) -> dict[str, Any]:
+        est = self.estimate
+        return {"id": self.id, "first_frame": self.first_frame, "last_frame": self.last_frame,
+                "first_time": round(self.first_time, 4), "last_time": round(self.last_time, 4),
+                "frames": self.frames, "size_mm": _round(est.size_mm) if est else None,
+                "low_mm": _round(est.low_mm) if est else None, "high_mm": _round(est.high_mm) if est else None,
+                "class": est.size_class if est else None, "frames_sized": est.frames_used if est else 0,
+                "thumbnail": thumbnail}
+
+
+def _crop_thumbnail(image: np.ndarray, box, size: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = box
+    bw, bh = x2 - x1, y2 - y1
+    # Some context around the polyp, as the sizer's crop has.
+    x1, y1 = max(0, int(x1 - bw / 2)), max(0, int(y1 - bh / 2))
+    x2, y2 = min(w, int(math.ceil(x2 + bw / 2))), min(h, int(math.ceil(y2 + bh / 2)))
+    crop = image[y1:max(y2, y1 + 1), x1:max(x2, x1 + 1)]
+    scale = size / max(crop.shape[:2])
+    return cv2.resize(crop, (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale))),
+                      interpolation=cv2.INTER_AREA)
+
+
+class AnnotationWriter:
+    """Consumes FrameResults in order and writes one input's outputs into `directory`."""
+
+    def __init__(self, directory: Path, *, render: bool, mot: bool, synthetic: bool, fps: float | None,
+                 thumb_size: int, crf: int, line_width: int) -> None:
+        self.directory = directory
+        self.synthetic = synthetic
+        self.render = render
+        self.mot = mot
+        self.fps = fps or 30.0
+        self.thumb_size = thumb_size
+        self.crf = crf
+        self.line_width = line_width
+        self.frames_written = 0
+        self.frames_analysed = 0
+        self._jsonl = open(directory / "frames.jsonl", "w", encoding="utf-8")
+        self._video = None
+        self._polyps: dict[int, _PolypLog] = {}
+        self._mot = open(directory / "mot.txt", "w", encoding="utf-8") if mot else None
+        self._last_overlay_index = -1
+        self._last_pts: float | None = None
+
+    def __call__(self, result: FrameResult) -> None:
+        frame = result.frame
+        analysed = result.overlay_frame_index == frame.index and result.overlay_frame_index != self._last_overlay_index
+        if analysed:
+            self._last_overlay_index = frame.index
+            self.frames_analysed += 1
+            line = {"index": frame.index, "time": round(frame.pts, 6),
+                    "tracks": [track_record(r) for r in result.tracks]}
+            self._jsonl.write(json.dumps(line) + "\n")
+            for r in result.tracks:
+                log_ = self._polyps.get(r.track_id)
+                if log_ is None:
+                    log_ = self._polyps[r.track_id] = _PolypLog(r.track_id)
+                log_.add(frame.index, frame.pts, r, frame.image, self.thumb_size)
+            if self._mot is not None:
+                from .mot import MotBox, format_mot
+                self._mot.write(format_mot({frame.index: [MotBox(r.track_id, tuple(r.box), float(r.score))
+                                                          for r in result.tracks if r.missed == 0]}))
+        if self.render:
+            self._write_video(frame.image, result.tracks, frame.pts)
+        self.frames_written += 1
+
+    def _write_video(self, image: np.ndarray, tracks: list[TrackReport], pts: float) -> None:
+        from trainer.videowriter import H264Writer
+
+        h, w = image.shape[:2]
+        if self._video is None:
+            # yuv420p needs an even size: an odd frame gets one black row/column added.
+            self._video = H264Writer(self.directory / "annotated.mp4", fps=self.fps,
+                                     size=(w + w % 2, h + h % 2), crf=self.crf, threads=1)
+        drawn = draw_overlay(image, tracks, synthetic=self.synthetic, line_width=self.line_width)
+        if w % 2 or h % 2:
+            drawn = np.pad(drawn, ((0, h % 2), (0, w % 2), (0, 0)))
+        if self._last_pts is not None and pts <= self._last_pts:
+            # A damaged input repeats a timestamp: keep the frame, a tick after the previous one.
+            pts = self._last_pts + 1e-4
+        self._last_pts = pts
+        self._video.write(drawn, pts)
+
+    def finish(self, title: str, summary: dict[str, Any]) -> list[dict[str, Any]]:
+        self._jsonl.close()
+        if self._video is not None:
+            self._video.close()
+        thumbs = self.directory / "thumbs"
+        records = []
+        for tid in sorted(self._polyps):
+            p = self._polyps[tid]
+            if p.frames == 0:
+                continue
+            rel = None
+            if p.thumbnail is not None:
+                thumbs.mkdir(exist_ok=True)
+                rel = f"thumbs/polyp-{tid}.jpg"
+                ok, data = cv2.imencode(".jpg", cv2.cvtColor(p.thumbnail, cv2.COLOR_RGB2BGR))
+                if ok:
+                    (self.directory / rel).write_bytes(data.tobytes())
+            records.append(p.record(rel))
+        write_json_atomic(self.directory / "polyps.json", {"polyps": records})
+        if self._mot is not None:
+            self._mot.close()
+        histories = {tid: p.history_rows() for tid, p in self._polyps.items() if p.frames}
+        summary = {**summary, "polyps": len(records)}
+        write_text_atomic(self.directory / "report.html",
+                          report_html(title, summary, records, histories, synthetic=self.synthetic))
+        return records
+
+    def abort(self) -> None:
+        for stream in (self._jsonl, self._mot):
+            if stream is not None and not stream.closed:
+                stream.close()
+        if self._video is not None:
+            self._video.abort()
+
+
+# ---------------------------------------------------------------------------------------------
+# Driving
+# ---------------------------------------------------------------------------------------------
+
+def output_name(spec: str, taken: set[str]) -> str:
+    base = "demo" if spec == "demo" else Path(spec).name.split(".")[0] or "video"
+    name, k = base, 2
+    while name in taken:
+        name, k = f"{base}-{k}", k + 1
+    taken.add(name)
+    return name
+
+
+def is_complete(directory: Path, *, render: bool, mot: bool) -> bool:
+    return (directory / "run.json").is_file() and (not render or (directory / "annotated.mp4").is_file()) \
+        and (not mot or (directory / "mot.txt").is_file())
+
+
+@functools.cache
+def _directory_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask
+
+
+def auto_boxes(spec: str) -> str:
+    if spec == "demo":
+        return GROUND_TRUTH_BOXES     # the generator's own ground truth travels with the frames
+    stem = Path(spec).name.split(".")[0]
+    for suffix in (".gt.json", ".gt.txt"):
+        candidate = Path(spec).with_name(stem + suffix)
+        if candidate.is_file():
+            return str(candidate)
+    raise HagviewError(f"{spec}: --boxes auto found neither {stem}.gt.json nor {stem}.gt.txt next to it")
+
+
+def annotate_input(spec: str, directory: Path, make_analysis, args: argparse.Namespace, config) -> dict[str, Any]:
+    """Annotate one input into `directory` (built under a temporary name). Returns run.json.
+
+    `make_analysis()` -> (Analysis, model_info, boxes path or None) is called once the input
+    opened, so a broken video is reported as such before anything else is looked at.
+    """
+    if source_kind(spec) not in ("file", "demo"):
+        raise HagviewError(f"{spec}: {PROG} reads files (live sources: use hagview --source)")
+    source = open_source(spec, config.source, live=False)
+    total = source.num_frames
+    started = time.perf_counter()
+    try:
+        analysis, model_info, boxes = make_analysis()
+        with atomic_dir(directory) as tmp:
+            os.chmod(tmp, _directory_mode())     # mkdtemp makes it private; the result is an ordinary folder
+            writer = AnnotationWriter(tmp, render=args.render, mot=args.mot, synthetic=model_info["synthetic"],
+                                      fps=source.fps, thumb_size=config.output.thumbnail_size,
+                                      crf=config.output.render_crf, line_width=config.output.overlay_line_width)
+            progress = Progress(total, unit="frames", label=directory.name, rate_unit="fps",
+                                enabled=not args.quiet)
+            try:
+                stats = run_offline(source, analysis, writer, every=args.every,
+                                    queue_capacity=config.runtime.offline_queue_capacity,
+                                    on_frame_done=progress.update)
+            except BaseException:
+                writer.abort()
+                progress.enabled = False
+                raise
+            progress.close()
+            elapsed = time.perf_counter() - started
+            summary = {"input": spec,
+                       "sizer": model_info["sizer"]["path"] if model_info["sizer"] else "none (tracking only)",
+                       "boxes from": model_info["detector"]["path"] if model_info["detector"] else f"given: {boxes}",
+                       "frames": writer.frames_written, "frames analysed": writer.frames_analysed,
+                       "duration (s)": round(source.duration or 0.0, 3),
+                       "processing fps": round(writer.frames_written / elapsed, 2) if elapsed > 0 else None,
+                       "corrupt packets skipped": source.counters.get("corrupt_packets", 0),
+                       "truncated": bool(source.counters.get("truncated", 0))}
+            polyps = writer.finish(f"hagview-annotate: {directory.name}", summary)
+            run = {"input": os.path.abspath(spec) if spec != "demo" else "demo", "boxes": boxes,
+                   "models": model_info, "every": args.every, "render": args.render, "mot": args.mot,
+                   "frames": writer.frames_written, "frames_analysed": writer.frames_analysed,
+                   "polyps": len(polyps), "seconds": round(elapsed, 3), "source": dict(source.counters),
+                   "stats": stats, "config": run_config_to_dict(config)}
+            write_json_atomic(tmp / "run.json", run)
+    finally:
+        source.close()
+    if source.counters.get("truncated"):
+        log.warning("%s: the file is damaged; annotated the %d frames before the damage", spec, run["frames"])
+    return run
+
+
+@run_cli(PROG)
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    config = load_run_config(args.config, args.set)
+    out = check_writable_dir(args.out)
+    boxes_list = args.boxes or []
+    if boxes_list and boxes_list != [AUTO_BOXES] and len(boxes_list) != len(args.inputs):
+        raise ConfigError(f"--boxes given {len(boxes_list)} times for {len(args.inputs)} inputs "
+                          f"(give it once per input, or --boxes auto)")
+    sizer = None if args.no_sizer else (args.sizer or default_bundle("sizer"))
+    detector = args.detector or default_bundle("detector")
+    if sizer is None and not args.no_sizer:
+        log.warning("no sizer bundle (none given, no committed demo bundle): tracking only")
+    if not boxes_list and detector is None:
+        raise ConfigError("no detector bundle (none given, no committed demo bundle): "
+                          "pass --detector BUNDLE or --boxes FILE")
+
+    # Models load once and serve every input; given boxes differ per input.
+    if boxes_list:
+        shared, shared_info = build_analysis(config, sizer=sizer, boxes=GROUND_TRUTH_BOXES, backend=args.backend,
+                                             offline=True)
+    else:
+        shared, shared_info = build_analysis(config, sizer=sizer, detector=detector, backend=args.backend,
+                                             offline=True)
+
+    taken: set[str] = set()
+    failures = 0
+    for i, spec in enumerate(args.inputs):
+        directory = out / output_name(spec, taken)
+        if args.resume and is_complete(directory, render=args.render, mot=args.mot):
+            print(f"{PROG}: {spec}: already done in {directory} (--resume)", file=sys.stderr)
+            continue
+        def make_analysis(spec=spec, i=i):
+            if not boxes_list:
+                return shared, shared_info, None
+            boxes = auto_boxes(spec) if boxes_list == [AUTO_BOXES] else boxes_list[i]
+            analysis = Analysis(config, boxes=BoxProvider(boxes), sizer=shared.sizer)
+            return analysis, {**shared_info, "boxes": boxes}, boxes
+
+        try:
+            run = annotate_input(spec, directory, make_analysis, args, config)
+            print(f"{PROG}: {spec}: {run['frames']} frames, {run['polyps']} polyps -> {directory / 'report.html'}",
+                  file=sys.stderr)
+        except KeyboardInterrupt:
+            raise
+        except HagviewError as exc:
+            failures += 1
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+        except OSError as exc:
+            failures += 1
+            where = f"{exc.filename}: " if exc.filename else f"{spec}: "
+            print(f"{PROG}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        except Exception as exc:     # one bad input must not stop the others
+            if os.environ.get("HAGVIEW_DEBUG"):
+                raise
+            failures += 1
+            print(f"{PROG}: error: {spec}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return EXIT_OK if failures == 0 else EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

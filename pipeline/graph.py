@@ -1,0 +1,479 @@
+"""The streaming graph: stages on threads joined by edges with a stated queue policy.
+
+Edge policies (Holoscan's habit: every edge says what happens when the consumer is slow):
+- `LatestSlot` (live capture and replay): capacity one, a new item replaces the waiting one and
+  the replaced item is counted as a drop. Nothing can pile up, so delay cannot grow.
+- `BlockingQueue` (offline annotation): bounded; a full queue blocks the producer, so no frame
+  is ever lost and memory stays bounded.
+
+Each item passing through the graph carries a `stamps` dict (stage name -> perf_counter() when
+that stage finished with it): latency per stage and end to end is measured, not guessed.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Generic, Iterable, TypeVar
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+EDGE_POLICIES = ("latest", "blocking")
+
+
+class EdgeClosed(Exception):
+    """The edge was closed and holds no more items."""
+
+
+class _Edge(Generic[T]):
+    policy = ""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._cond = threading.Condition()
+        self._closed = False
+        self.puts = 0           # items offered
+        self.drops = 0          # items discarded without being taken (latest-wins only)
+        self.max_depth = 0      # most items ever waiting at once
+
+    def close(self) -> None:
+        """No more puts; consumers drain what is waiting, then get EdgeClosed."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def stats(self) -> dict[str, Any]:
+        return {"policy": self.policy, "puts": self.puts, "drops": self.drops,
+                "depth": self.depth, "max_depth": self.max_depth, "capacity": self.capacity}
+
+    depth: int
+    capacity: int
+
+
+class LatestSlot(_Edge[T]):
+    """Capacity one, latest wins: `put` never blocks; a waiting item it replaces is a drop."""
+
+    policy = "latest"
+    capacity = 1
+
+    def __init__(self, name: str = "slot") -> None:
+        super().__init__(name)
+        self._item: T | None = None
+        self._full = False
+
+    @property
+    def depth(self) -> int:
+        return int(self._full)
+
+    def put(self, item: T) -> None:
+        with self._cond:
+            if self._closed:
+                raise EdgeClosed(self.name)
+            if self._full:
+                self.drops += 1
+            self._item, self._full = item, True
+            self.puts += 1
+            self.max_depth = max(self.max_depth, 1)
+            self._cond.notify()
+
+    def get(self, timeout: float | None = None) -> T | None:
+        """The newest item; None on time-out; EdgeClosed once closed and empty."""
+        with self._cond:
+            end = None if timeout is None else time.monotonic() + timeout
+            while not self._full:
+                if self._closed:
+                    raise EdgeClosed(self.name)
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self._cond.wait(left)
+            item, self._item, self._full = self._item, None, False
+            return item
+
+    def clear(self) -> int:
+        """Discard what is waiting (after a seek); returns how many items went (0 or 1)."""
+        with self._cond:
+            n = int(self._full)
+            self._item, self._full = None, False
+            return n
+
+
+class BlockingQueue(_Edge[T]):
+    """Bounded FIFO: `put` blocks while full, so nothing is lost and memory stays bounded."""
+
+    policy = "blocking"
+
+    def __init__(self, name: str = "queue", capacity: int = 4) -> None:
+        super().__init__(name)
+        if capacity < 1:
+            raise ValueError(f"BlockingQueue capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._items: deque[T] = deque()
+
+    @property
+    def depth(self) -> int:
+        return len(self._items)
+
+    def put(self, item: T, timeout: float | None = None) -> bool:
+        """Wait for room; False on time-out. Raises EdgeClosed if the edge is closed."""
+        with self._cond:
+            end = None if timeout is None else time.monotonic() + timeout
+            while len(self._items) >= self.capacity:
+                if self._closed:
+                    raise EdgeClosed(self.name)
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+            if self._closed:
+                raise EdgeClosed(self.name)
+            self._items.append(item)
+            self.puts += 1
+            self.max_depth = max(self.max_depth, len(self._items))
+            self._cond.notify_all()
+            return True
+
+    def get(self, timeout: float | None = None) -> T | None:
+        """The oldest item; None on time-out; EdgeClosed once closed and empty."""
+        with self._cond:
+            end = None if timeout is None else time.monotonic() + timeout
+            while not self._items:
+                if self._closed:
+                    raise EdgeClosed(self.name)
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self._cond.wait(left)
+            item = self._items.popleft()
+            self._cond.notify_all()
+            return item
+
+    def clear(self) -> int:
+        with self._cond:
+            n = len(self._items)
+            self._items.clear()
+            self._cond.notify_all()
+            return n
+
+
+def make_edge(policy: str, name: str, capacity: int = 4) -> LatestSlot | BlockingQueue:
+    if policy == "latest":
+        return LatestSlot(name)
+    if policy == "blocking":
+        return BlockingQueue(name, capacity)
+    raise ValueError(f"unknown edge policy {policy!r}; expected one of {EDGE_POLICIES}")
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------------------------
+
+class LatencyStats:
+    """Rolling samples (seconds) per name; summaries in milliseconds: p50, p95, p99, max, count.
+
+    The window is bounded (default 3000 samples per name: over a minute at 30 fps) so a long run
+    neither grows memory nor hides a recent slowdown behind an hour of history.
+    """
+
+    def __init__(self, window: int = 3000) -> None:
+        self.window = window
+        self._samples: dict[str, deque[float]] = {}
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, name: str, seconds: float) -> None:
+        with self._lock:
+            samples = self._samples.get(name)
+            if samples is None:
+                samples = self._samples[name] = deque(maxlen=self.window)
+                self._counts[name] = 0
+            samples.append(seconds)
+            self._counts[name] += 1
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        with self._lock:
+            snapshot = {name: np.fromiter(s, dtype=np.float64) for name, s in self._samples.items()}
+            counts = dict(self._counts)
+        out = {}
+        for name, values in snapshot.items():
+            if values.size == 0:
+                continue
+            p50, p95, p99 = np.percentile(values, [50, 95, 99]) * 1000.0
+            out[name] = {"p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99),
+                         "max_ms": float(values.max() * 1000.0), "count": counts[name]}
+        return out
+
+    def reset(self) -> None:
+        with self._lock:
+            self._samples.clear()
+            self._counts.clear()
+
+
+class FpsMeter:
+    """Events per second over the last `window_s` seconds, and over the whole run."""
+
+    def __init__(self, window_s: float = 2.0, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.window_s = window_s
+        self._clock = clock
+        self._times: deque[float] = deque()
+        self._lock = threading.Lock()
+        self.count = 0
+        self._first: float | None = None
+        self._last: float | None = None
+
+    def tick(self, now: float | None = None) -> None:
+        now = self._clock() if now is None else now
+        with self._lock:
+            self.count += 1
+            if self._first is None:
+                self._first = now
+            self._last = now
+            self._times.append(now)
+            while self._times and now - self._times[0] > self.window_s:
+                self._times.popleft()
+
+    @property
+    def fps(self) -> float:
+        """Recent rate (0 when fewer than two events in the window or the stream stopped)."""
+        now = self._clock()
+        with self._lock:
+            while self._times and now - self._times[0] > self.window_s:
+                self._times.popleft()
+            if len(self._times) < 2:
+                return 0.0
+            span = self._times[-1] - self._times[0]
+            return (len(self._times) - 1) / span if span > 0 else 0.0
+
+    @property
+    def average_fps(self) -> float:
+        with self._lock:
+            if self._first is None or self._last is None or self._last <= self._first:
+                return 0.0
+            return (self.count - 1) / (self._last - self._first)
+
+
+# --------------------------------------------------------------------------------------------
+# Stages and the graph
+# --------------------------------------------------------------------------------------------
+
+class Stage:
+    """A named step: `process(item) -> item` (or None to drop the item on purpose).
+
+    `reset()` is called when the stream is discontinuous (seek), so stateful stages (tracker,
+    smoother) start over instead of linking unrelated frames. `workers` > 1 runs that many
+    threads on the stage (blocking graphs only; for a stateless, GIL-releasing step such as
+    inference); items still leave the stage in the order they came.
+    """
+
+    def __init__(self, name: str, process: Callable[[Any], Any | None],
+                 reset: Callable[[], None] | None = None, workers: int = 1) -> None:
+        if workers < 1:
+            raise ValueError(f"stage {name}: workers must be >= 1, got {workers}")
+        self.name = name
+        self.process = process
+        self.reset = reset or (lambda: None)
+        self.workers = workers
+
+
+class _InOrder:
+    """Hands out sequence numbers in dequeue order and lets results leave in that order."""
+
+    def __init__(self) -> None:
+        self.take_lock = threading.Lock()
+        self.turn = threading.Condition()
+        self.taken = 0
+        self.next_out = 0
+        self.running = 0
+
+
+class StageGraph:
+    """A chain of stages, one thread each (or `Stage.workers`), joined by edges of one policy.
+
+    `feed` -> edge "in:<first stage>" -> stage 1 -> edge -> ... -> last stage -> `sink(item)`.
+    The sink runs on the last stage's thread. Items must have a `stamps` dict; each stage writes
+    its name there when done, and the graph records per-stage processing time ("<stage>"),
+    waiting time on the edge before it ("<stage>.wait"), and end to end ("end_to_end", from
+    the item's `origin_stamp` to the sink).
+
+    An exception in a stage stops the graph and is handed to `on_error` (and kept in `error`).
+    """
+
+    def __init__(self, stages: Iterable[Stage], sink: Callable[[Any], None], *, policy: str,
+                 capacity: int = 4, origin_stamp: str = "capture",
+                 on_error: Callable[[BaseException], None] | None = None,
+                 latency: LatencyStats | None = None) -> None:
+        self.stages = list(stages)
+        if not self.stages:
+            raise ValueError("a StageGraph needs at least one stage")
+        self.policy = policy
+        self.sink = sink
+        self.origin_stamp = origin_stamp
+        self.on_error = on_error
+        self.edges = [make_edge(policy, f"in:{s.name}", capacity) for s in self.stages]
+        self.latency = latency or LatencyStats()
+        self.fps_in = FpsMeter()
+        self.fps_out = FpsMeter()
+        self.error: BaseException | None = None
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        # Latest-wins graphs drop and reset; parallel workers would reorder what they keep.
+        self._workers = [s.workers if policy == "blocking" else 1 for s in self.stages]
+        self._busy = [[threading.Lock() for _ in range(n)] for n in self._workers]
+        self._order = [_InOrder() for _ in self.stages]
+
+    # --- feeding -----------------------------------------------------------------------
+    def feed(self, item: Any, timeout: float | None = None) -> bool:
+        """Offer an item to the first stage (blocks when the policy is blocking and it is full).
+
+        False when it was not taken: time-out, or the graph has stopped."""
+        self.fps_in.tick()
+        edge = self.edges[0]
+        item.stamps.setdefault("enqueue", time.perf_counter())
+        try:
+            if isinstance(edge, BlockingQueue):
+                while not self._stop.is_set():
+                    if edge.put(item, timeout=0.2 if timeout is None else timeout):
+                        return True
+                    if timeout is not None:
+                        return False
+                return False
+            edge.put(item)
+            return True
+        except EdgeClosed:      # the graph stopped (a stage failed or stop() was called)
+            return False
+
+    def close_input(self) -> None:
+        """No more items: stages drain what is queued, then their threads end."""
+        self.edges[0].close()
+
+    # --- running -----------------------------------------------------------------------
+    def start(self) -> None:
+        for i, stage in enumerate(self.stages):
+            self._order[i].running = self._workers[i]
+            for w in range(self._workers[i]):
+                suffix = f"-{w}" if self._workers[i] > 1 else ""
+                t = threading.Thread(target=self._run_stage, args=(i, w), name=f"stage-{stage.name}{suffix}",
+                                     daemon=True)
+                self._threads.append(t)
+                t.start()
+
+    def _run_stage(self, i: int, worker: int = 0) -> None:
+        stage = self.stages[i]
+        inbox = self.edges[i]
+        outbox = self.edges[i + 1] if i + 1 < len(self.edges) else None
+        order = self._order[i]
+        parallel = self._workers[i] > 1
+        busy = self._busy[i][worker]
+        try:
+            while not self._stop.is_set():
+                try:
+                    with order.take_lock:
+                        item = inbox.get(timeout=0.1)
+                        if item is None:
+                            continue
+                        seq = order.taken
+                        order.taken += 1
+                except EdgeClosed:
+                    break
+                with busy:
+                    started = time.perf_counter()
+                    previous = max(item.stamps.values()) if item.stamps else started
+                    self.latency.add(f"{stage.name}.wait", max(0.0, started - previous))
+                    result = stage.process(item)
+                    done = time.perf_counter()
+                    self.latency.add(stage.name, done - started)
+                if parallel:
+                    with order.turn:     # leave in the order the items came in
+                        while order.next_out != seq and not self._stop.is_set():
+                            order.turn.wait(0.1)
+                if result is not None:
+                    result.stamps[stage.name] = done
+                    self._forward(result, outbox)
+                if parallel:
+                    with order.turn:
+                        order.next_out += 1
+                        order.turn.notify_all()
+        except EdgeClosed:
+            pass
+        except BaseException as exc:   # a stage failure stops the run; the caller decides what to say
+            log.debug("stage %s failed", stage.name, exc_info=True)
+            if self.error is None:
+                self.error = exc
+                if self.on_error is not None:
+                    self.on_error(exc)
+            self._stop.set()
+            for edge in self.edges:
+                edge.close()
+            return
+        with order.turn:
+            order.running -= 1
+            last = order.running == 0
+        if last and outbox is not None:
+            outbox.close()
+
+    def _forward(self, result: Any, outbox) -> None:
+        if outbox is None:
+            self.sink(result)
+            out_time = time.perf_counter()
+            origin = result.stamps.get(self.origin_stamp)
+            if origin is not None:
+                self.latency.add("end_to_end", out_time - origin)
+            self.fps_out.tick(out_time)
+        elif isinstance(outbox, BlockingQueue):
+            while not self._stop.is_set() and not outbox.put(result, timeout=0.2):
+                pass
+        else:
+            outbox.put(result)
+
+    def flush(self, reset: Callable[[], None] | None = None) -> int:
+        """Discard items waiting on every edge and reset the stages (seek); returns items dropped.
+
+        Every stage is held idle while this runs, so no stage is half-way through an item of
+        the old stream when its state is reset; `reset` (e.g. the analysis' own reset) runs then.
+        """
+        locks = [lock for stage_locks in self._busy for lock in stage_locks]
+        for lock in locks:
+            lock.acquire()
+        try:
+            dropped = sum(edge.clear() for edge in self.edges)
+            for stage in self.stages:
+                stage.reset()
+            if reset is not None:
+                reset()
+        finally:
+            for lock in reversed(locks):
+                lock.release()
+        return dropped
+
+    def stop(self) -> None:
+        self._stop.set()
+        for edge in self.edges:
+            edge.close()
+
+    def join(self, timeout: float | None = None) -> None:
+        for t in self._threads:
+            t.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "fps_in": self.fps_in.fps, "fps_out": self.fps_out.fps,
+            "average_fps_in": self.fps_in.average_fps, "average_fps_out": self.fps_out.average_fps,
+            "frames_in": self.fps_in.count, "frames_out": self.fps_out.count,
+            "latency": self.latency.summary(),
+            "edges": {e.name: e.stats() for e in self.edges},
+            "drops": {e.name: e.drops for e in self.edges},
+        }

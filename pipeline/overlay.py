@@ -1,0 +1,72 @@
+"""Burnt-in overlays for exported video and snapshots (the viewer draws its own vectors).
+
+Each confirmed track: its box coloured by size class, a label with the id, the smoothed size
+with its interval and the class; a coasting track (not seen on this frame) is drawn dashed-thin.
+When a model was trained on synthetic data a banner says so on every frame, so an exported
+clip can never be mistaken for a clinically valid result.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from trainer.sizeclass import TRICLASS_NAMES
+
+from .types import TrackReport
+
+SYNTHETIC_MARK = "SYNTHETIC-TRAINED MODEL - NOT FOR CLINICAL USE"
+
+# RGB, chosen to stay apart on pink/red mucosa: green, amber, magenta; grey before a size exists.
+CLASS_COLOURS: dict[str | None, tuple[int, int, int]] = {
+    "diminutive": (60, 220, 90),
+    "small": (255, 190, 40),
+    "large": (255, 60, 200),
+    None: (200, 200, 200),
+}
+assert set(TRICLASS_NAMES) <= set(CLASS_COLOURS)
+
+
+def track_colour(report: TrackReport) -> tuple[int, int, int]:
+    return CLASS_COLOURS[report.estimate.size_class if report.estimate is not None else None]
+
+
+def track_label(report: TrackReport) -> str:
+    est = report.estimate
+    if est is None:
+        return f"#{report.track_id}"
+    return f"#{report.track_id} {est.size_mm:.1f} mm [{est.low_mm:.1f}-{est.high_mm:.1f}] {est.size_class}"
+
+
+def _text(image: np.ndarray, text: str, org: tuple[int, int], scale: float, colour, thickness: int,
+          background=(0, 0, 0)) -> None:
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    if w > image.shape[1] - 4:      # small frames: shrink the text to fit rather than cut it
+        scale *= (image.shape[1] - 4) / w
+        (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    x, y = org
+    x = max(0, min(x, image.shape[1] - w - 2))
+    y = max(h + 2, min(y, image.shape[0] - base - 2))
+    cv2.rectangle(image, (x - 1, y - h - 2), (x + w + 1, y + base), background, -1)
+    cv2.putText(image, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness, cv2.LINE_AA)
+
+
+def draw_overlay(image: np.ndarray, tracks: list[TrackReport], *, synthetic: bool = False,
+                 line_width: int = 0, copy: bool = True) -> np.ndarray:
+    """The frame (RGB uint8) with the tracks drawn; a new array unless `copy=False`."""
+    out = image.copy() if copy else image
+    height, width = out.shape[:2]
+    scale = max(0.35, min(width, height) / 900.0)
+    thick = line_width or max(1, round(min(width, height) / 360))
+    for report in tracks:
+        if not report.confirmed:
+            continue
+        colour = track_colour(report)
+        x1, y1, x2, y2 = (int(round(v)) for v in report.box)
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick if report.missed == 0 else max(1, thick // 2),
+                      cv2.LINE_AA)
+        _text(out, track_label(report), (x1, y1 - 4), scale, colour, max(1, thick // 2))
+    if synthetic:
+        # Bottom right: endoscopy towers print their own text on the left of the black border.
+        _text(out, SYNTHETIC_MARK, (width, height - 6), scale * 0.9, (255, 255, 255), max(1, thick // 2),
+              background=(160, 0, 0))
+    return out

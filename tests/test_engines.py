@@ -1,0 +1,142 @@
+"""Inference engines behind one interface, and the choice of backend."""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from trainer.errors import BackendUnavailable, DataError
+from trainer.export.exporter import export_bundle
+from trainer.export.onnx import PARITY_ATOL, PARITY_RTOL
+from trainer.models import build_model
+from pipeline.engines import load_engine, unavailable_reason
+
+CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def model_and_bundle(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model("hag_resnet18", streams=("rgb", "mask", "depth"), input_size=32, width_mult=0.125,
+                        hidden=8, head="both").eval()
+    with torch.no_grad():
+        for gate in model.gate_parameters():
+            gate.normal_(0.0, 1.5)
+    metadata = {"kind": "sizer", "input_spec": {"size": 32, "mean": [0.5] * 3, "std": [0.2] * 3},
+                "data": {"kind": "synthetic", "synthetic": True}}
+    bundle = export_bundle(model, metadata, tmp_path_factory.mktemp("e") / "bundle", exporter="legacy")
+    return model, bundle
+
+
+def _inputs(batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"rgb": rng.standard_normal((batch, 3, 32, 32), dtype=np.float32),
+            "mask": rng.standard_normal((batch, 3, 32, 32), dtype=np.float32),
+            "depth": rng.standard_normal((batch, 1, 32, 32), dtype=np.float32)}
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_onnxruntime_and_torch_agree_with_the_gated_model(model_and_bundle, batch):
+    model, bundle = model_and_bundle
+    inputs = _inputs(batch, seed=batch)
+    with torch.no_grad():
+        expected = {k: v.numpy() for k, v in model({k: torch.from_numpy(v) for k, v in inputs.items()}).items()}
+    ort_engine = load_engine(bundle, backend="onnxruntime", threads=1)
+    torch_engine = load_engine(bundle.path, backend="torch", device="cpu")
+    assert (ort_engine.name, torch_engine.name) == ("onnxruntime", "torch")
+    assert ort_engine.bundle.path == torch_engine.bundle.path == bundle.path
+    got_ort, got_torch = ort_engine.run(inputs), torch_engine.run(inputs)
+    for name in ("size_mm", "logits"):
+        assert got_ort[name].shape == expected[name].shape == got_torch[name].shape
+        assert got_ort[name].dtype == np.float32
+        np.testing.assert_allclose(got_ort[name], expected[name], rtol=PARITY_RTOL, atol=PARITY_ATOL)
+        np.testing.assert_allclose(got_torch[name], expected[name], rtol=PARITY_RTOL, atol=PARITY_ATOL)
+
+
+def test_onnxruntime_session_options(model_and_bundle):
+    _, bundle = model_and_bundle
+    engine = load_engine(bundle, backend="onnxruntime", threads=1)
+    options = engine.session.get_session_options()
+    assert options.intra_op_num_threads == 1
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert "onnxruntime" in engine.describe() and "threads 1" in engine.describe()
+
+
+def test_bad_inputs_are_named(model_and_bundle):
+    _, bundle = model_and_bundle
+    engine = load_engine(bundle, backend="onnxruntime")
+    inputs = _inputs(2)
+    with pytest.raises(DataError, match="input 'depth' missing"):
+        engine.run({k: v for k, v in inputs.items() if k != "depth"})
+    with pytest.raises(DataError, match=r"input 'depth' has shape \(2, 3, 32, 32\), expected \(N, 1, 32, 32\)"):
+        engine.run({**inputs, "depth": inputs["rgb"]})
+    with pytest.raises(DataError, match="different batch sizes"):
+        engine.run({**inputs, "mask": inputs["mask"][:1]})
+
+
+@pytest.mark.skipif(CUDA, reason="checks the selection where CUDA is missing")
+def test_auto_picks_onnxruntime_and_says_why_it_skipped_the_rest(model_and_bundle, caplog):
+    _, bundle = model_and_bundle
+    with caplog.at_level(logging.INFO, logger="pipeline.engines"):
+        engine = load_engine(bundle, backend="auto")
+    assert engine.name == "onnxruntime"
+    message = caplog.text
+    assert "picked onnxruntime" in message
+    assert "tensorrt: CUDA is not available (torch.cuda.is_available() is False)" in message
+    assert "torch-cuda: CUDA is not available" in message
+
+
+def test_auto_falls_back_to_torch_on_cpu_without_onnxruntime(model_and_bundle, monkeypatch, caplog):
+    _, bundle = model_and_bundle
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else real_find_spec(name, *a))
+    with caplog.at_level(logging.INFO, logger="pipeline.engines"):
+        engine = load_engine(bundle, backend="auto", device="cpu")
+    assert engine.name == "torch" and engine.device == "cpu"
+    assert "onnxruntime: onnxruntime is not installed" in caplog.text
+    assert "tensorrt: device=cpu was requested" in caplog.text
+    with pytest.raises(BackendUnavailable, match="onnxruntime: onnxruntime is not installed"):
+        load_engine(bundle, backend="onnxruntime")
+
+
+def test_auto_order_prefers_gpu_backends_when_present(model_and_bundle, monkeypatch):
+    """With CUDA reported present, tensorrt is considered first and explains a missing torch_tensorrt."""
+    _, bundle = model_and_bundle
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torch_tensorrt" else real_find_spec(name, *a))
+    assert unavailable_reason("tensorrt", bundle) == \
+        "torch_tensorrt is not installed: pip install hagview[tensorrt] (or scripts/install_tensorrt.sh)"
+    assert unavailable_reason("torch-cuda", bundle) is None
+
+
+@pytest.mark.skipif(CUDA, reason="checks the messages where CUDA is missing")
+def test_explicit_unavailable_backends_explain_why(model_and_bundle):
+    _, bundle = model_and_bundle
+    with pytest.raises(BackendUnavailable) as info:
+        load_engine(bundle, backend="tensorrt")
+    assert str(info.value) == "tensorrt: CUDA is not available (torch.cuda.is_available() is False)"
+    with pytest.raises(BackendUnavailable, match=r"torch: CUDA is not available"):
+        load_engine(bundle, backend="torch", device="cuda")
+    with pytest.raises(BackendUnavailable, match="unknown backend 'tflite'"):
+        load_engine(bundle, backend="tflite")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("HAGVIEW_SLOW_TESTS"),
+                    reason="torch.compile takes ~40 s on a 2-core CPU; set HAGVIEW_SLOW_TESTS=1 to run it")
+def test_torch_compile_engine_matches_eager(model_and_bundle):
+    _, bundle = model_and_bundle
+    inputs = _inputs(2)
+    compiled = load_engine(bundle, backend="torch-compile", device="cpu")
+    eager = load_engine(bundle, backend="torch", device="cpu")
+    assert compiled.name == "torch-compile"
+    for name, value in eager.run(inputs).items():
+        np.testing.assert_allclose(compiled.run(inputs)[name], value, rtol=PARITY_RTOL, atol=PARITY_ATOL)

@@ -1,0 +1,453 @@
+"""The training configuration: one nested schema, a default for every key, strict loading.
+
+A YAML file is the whole experiment. `load_config(path, overrides)` reads it with
+`yaml.safe_load`, applies `--set a.b=value` overrides (values parsed as YAML scalars), and
+checks every key against the dataclasses below. Unknown keys, wrong types and missing data
+paths raise `ConfigError` with one line naming the key (and the closest known key for a typo).
+
+`config_to_dict(cfg)` gives the resolved config (every key, defaults filled in) that a run
+directory stores as `config.yaml`; loading that file again gives the same config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from .errors import ConfigError
+
+TASKS = ("sizer", "detector")
+DATA_KINDS = ("realcolon", "sun", "manifest", "synthetic")
+HEADS = ("regression", "classification", "both")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("none", "cosine_warm_restarts")
+
+
+def _choices(default, choices: tuple[str, ...]):
+    return field(default=default, metadata={"choices": choices})
+
+
+# --------------------------------------------------------------------------------- schema
+@dataclass
+class ModelConfig:
+    """`trainer.models.build_model(name, ...)`; streams and input size come from data.input."""
+    name: str = "hag_resnet18"
+    gates: bool = True                    # false: the same network without gates (baseline)
+    width_mult: float = 1.0
+    hidden: int = 128                     # hidden fully connected width (reference 128 or 512)
+    head: str = _choices("regression", HEADS)
+    num_classes: int = 3                  # class head: 3 (triclass) or 2 (binary)
+    pretrained: str | None = None         # local ImageNet state dict (torchvision / timm names)
+    kwargs: dict[str, Any] = field(default_factory=dict)   # further constructor arguments
+
+
+@dataclass
+class InputConfig:
+    """The sizer input, `trainer.prep.SizerInputSpec`: shared by training and serving."""
+    streams: tuple[str, ...] = ("rgb", "mask")
+    size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    fov_masking: bool = True
+    box_grow: float = 0.5
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation (`trainer.data.augment.PairedAugment`); never on validation."""
+    enabled: bool = True
+    hflip_p: float = 0.5
+    vflip_p: float = 0.5
+    rotate_deg: float = 10.0
+    scale: tuple[float, float] = (0.95, 1.05)     # zoom changes apparent size: keep it small
+    shift: float = 0.05                           # fraction of the frame size
+    brightness: float = 0.2
+    contrast: float = 0.2
+    gamma: tuple[float, float] = (0.8, 1.25)
+    hue_deg: float = 5.0
+    saturation: float = 0.15
+    blur_p: float = 0.2
+    blur_sigma: tuple[float, float] = (0.5, 1.5)
+
+
+@dataclass
+class SyntheticConfig:
+    """data.kind: synthetic - generated with `trainer.synth.generate_dataset` into a cache."""
+    preset: str | None = None             # a named preset of the generator
+    config: str | None = None             # a synth YAML file (`load_synth_config`)
+    overrides: dict[str, Any] = field(default_factory=dict)   # SynthConfig fields
+    videos: int = 12
+    seed: int = 0
+    cache_dir: str = "~/.cache/hagview/synth"
+
+
+@dataclass
+class DataSourceConfig:
+    """Where frames come from; `root` is a dataset directory (manifest: the CSV file)."""
+    kind: str = _choices("realcolon", DATA_KINDS)
+    root: str | None = None
+    case_pattern: str = "case*"           # SUN: case folders under root
+    size_table: str | None = None         # SUN: the per-case size table
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class DataConfig(DataSourceConfig):
+    split_file: str | None = None         # YAML/JSON {folds: [[polyp ids], ...]}; none: stratified k-fold
+    folds: int = 6
+    split_seed: int = 0                   # the stratified k-fold split (fixed across training seeds)
+    fold: int | None = None               # run one fold (0-based); none: every fold
+    train_per_polyp: int = 45             # frames sampled per polyp per epoch (reference 45)
+    val_per_polyp: int = 300              # frames per polyp for validation (reference 300)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+
+
+@dataclass
+class TestDataConfig(DataSourceConfig):
+    """An optional held-out test set, evaluated with each fold's best checkpoint."""
+    enabled: bool = False
+    per_polyp: int = 300
+
+
+@dataclass
+class LossConfig:
+    """`smooth_l1 * SmoothL1 + l1 * L1 + l2 * L2` per sample, times the sample's size weight
+    (1 up to 5 mm, `weight_above_5` above 5 mm, `weight_at_10` at 10 mm and more); class heads
+    add `class_weight` * cross-entropy."""
+    smooth_l1: float = 1.0
+    l1: float = 0.0
+    l2: float = 0.0
+    beta: float = 1.0                     # Smooth-L1 transition point, in mm
+    weight_above_5: float = 3.0
+    weight_at_10: float = 5.0
+    class_weight: float = 1.0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class ScheduleConfig:
+    kind: str = _choices("cosine_warm_restarts", SCHEDULES)
+    restart_epochs: int = 10              # T_0 of the cosine schedule, in epochs
+    restart_mult: int = 1                 # T_mult
+    min_lr: float = 1e-6
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = _choices("adam", OPTIMIZERS)
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9                 # sgd only
+    clip: float | None = 8.0              # gradient norm clip for the group; none: no clipping
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+
+def _gate_optimizer() -> OptimizerConfig:
+    return OptimizerConfig(lr=3e-4, clip=None, schedule=ScheduleConfig(kind="none"))
+
+
+@dataclass
+class OptimConfig:
+    main: OptimizerConfig = field(default_factory=OptimizerConfig)
+    gates: OptimizerConfig = field(default_factory=_gate_optimizer)
+
+
+def _routing_loss() -> LossConfig:
+    return LossConfig(weight_above_5=5.0, weight_at_10=10.0)
+
+
+@dataclass
+class RoutingConfig:
+    """Gradient Routing; enabled: false trains every parameter with the main optimiser."""
+    enabled: bool = True
+    reference_accumulation: bool = False  # the reference code's shared gradients (for comparison)
+    loss: LossConfig = field(default_factory=_routing_loss)
+
+
+@dataclass
+class TrainLoopConfig:
+    epochs: int = 30
+    batch_size: int = 16
+    workers: int = 2
+    threads: int | None = None            # torch CPU threads in the training process; none: torch's default
+    amp: bool = True                      # mixed precision where the device supports it (CUDA)
+    seed: int = 0
+    device: str = "auto"                  # auto | cpu | cuda | cuda:N
+    deterministic: bool = True            # deterministic algorithms (slower on GPU)
+    steps_per_epoch: int | None = None    # cap, for quick runs; none: the whole training set
+    primary_metric: str | None = None     # picks best.pt; none: the task's default (sizer: by head)
+    log_every: int = 20                   # progress line every N steps
+
+
+@dataclass
+class OutputConfig:
+    dir: str | None = None                # none: runs/<config name>
+    report: bool = True                   # fold-K/report.html after every epoch
+
+
+@dataclass
+class TrainConfig:
+    task: str = _choices("sizer", TASKS)
+    task_options: dict[str, Any] = field(default_factory=dict)   # checked by the task itself
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    test: TestDataConfig = field(default_factory=TestDataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    name: str = "run"                     # a label; the config file name when loaded from one
+
+
+# --------------------------------------------------------------------------------- loading
+def load_config(path: str | os.PathLike | None, overrides: list[str] | dict[str, Any] | None = None,
+                *, check_paths: bool = True) -> TrainConfig:
+    """Read a YAML config (None: all defaults), apply overrides, validate, return the schema.
+
+    `overrides`: `["optim.main.lr=1e-3", ...]` (values are YAML scalars) or `{"a.b": value}`.
+    """
+    raw: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or "invalid YAML"
+            raise ConfigError(f"{path}:{where} {problem}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config is a mapping of sections, got {type(loaded).__name__}")
+        raw = loaded
+        raw.setdefault("name", path.stem)
+    for key, value in _parse_overrides(overrides):
+        _set_dotted(raw, key, value)
+    cfg = _build(TrainConfig, raw, prefix="")
+    _check_values(cfg)
+    if check_paths:
+        check_config_paths(cfg)
+    return cfg
+
+
+def parse_section(schema: type, raw: dict[str, Any] | None, prefix: str):
+    """Validate a mapping against a dataclass schema; for tasks checking `task_options`."""
+    return _build(schema, raw or {}, prefix=prefix)
+
+
+def config_to_dict(cfg) -> dict[str, Any]:
+    """Plain YAML/JSON-ready dict of a config (tuples become lists)."""
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+    return plain(dataclasses.asdict(cfg))
+
+
+def config_to_yaml(cfg) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def check_config_paths(cfg: TrainConfig) -> None:
+    """Every path the config names must exist (synthetic data is generated, so it has none)."""
+    _check_source_paths(cfg.data, "data")
+    if cfg.test.enabled:
+        _check_source_paths(cfg.test, "test")
+    if cfg.data.split_file is not None:
+        _require_path(cfg.data.split_file, "data.split_file")
+    if cfg.model.pretrained is not None:
+        _require_path(cfg.model.pretrained, "model.pretrained")
+
+
+def _check_source_paths(source: DataSourceConfig, prefix: str) -> None:
+    if source.kind == "synthetic":
+        if source.synthetic.config is not None:
+            _require_path(source.synthetic.config, f"{prefix}.synthetic.config")
+        return
+    if source.root is None:
+        raise ConfigError(f"config key '{prefix}.root': required for {prefix}.kind '{source.kind}'")
+    _require_path(source.root, f"{prefix}.root")
+    if source.kind == "sun" and source.size_table is not None:
+        _require_path(source.size_table, f"{prefix}.size_table")
+
+
+def _require_path(path: str, key: str) -> None:
+    if not Path(path).expanduser().exists():
+        raise ConfigError(f"config key '{key}': path does not exist: {path}")
+
+
+def _check_values(cfg: TrainConfig) -> None:
+    """Range checks the type system cannot express."""
+    positive = {
+        "data.folds": cfg.data.folds, "data.train_per_polyp": cfg.data.train_per_polyp,
+        "data.val_per_polyp": cfg.data.val_per_polyp, "data.input.size": cfg.data.input.size,
+        "train.epochs": cfg.train.epochs, "train.batch_size": cfg.train.batch_size,
+        "optim.main.lr": cfg.optim.main.lr, "optim.gates.lr": cfg.optim.gates.lr,
+        "model.width_mult": cfg.model.width_mult, "train.log_every": cfg.train.log_every,
+        "data.synthetic.videos": cfg.data.synthetic.videos,
+    }
+    for key, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"config key '{key}': must be positive, got {value}")
+    if cfg.train.threads is not None and cfg.train.threads < 1:
+        raise ConfigError(f"config key 'train.threads': must be 1 or more, got {cfg.train.threads}")
+    if cfg.train.workers < 0:
+        raise ConfigError(f"config key 'train.workers': must be 0 or more, got {cfg.train.workers}")
+    if cfg.data.fold is not None and not 0 <= cfg.data.fold < cfg.data.folds:
+        raise ConfigError(f"config key 'data.fold': {cfg.data.fold} is not a fold of "
+                          f"0..{cfg.data.folds - 1} (data.folds = {cfg.data.folds})")
+    if cfg.data.folds < 2 and cfg.data.split_file is None:
+        raise ConfigError(f"config key 'data.folds': k-fold needs at least 2 folds, got {cfg.data.folds}")
+    if not cfg.data.input.streams:
+        raise ConfigError("config key 'data.input.streams': at least one stream is needed")
+    unknown = [s for s in cfg.data.input.streams if s not in ("rgb", "mask", "depth")]
+    if unknown:
+        raise ConfigError(f"config key 'data.input.streams': unknown stream '{unknown[0]}' "
+                          f"(known: rgb, mask, depth)")
+    if cfg.routing.enabled and not cfg.model.gates:
+        raise ConfigError("config key 'routing.enabled': Gradient Routing needs gates (model.gates is "
+                          "false); set routing.enabled: false for the no-gate baseline")
+    device = cfg.train.device
+    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
+        raise ConfigError(f"config key 'train.device': expected auto, cpu, cuda or cuda:N, got '{device}'")
+
+
+def _parse_overrides(overrides) -> list[tuple[str, Any]]:
+    if overrides is None:
+        return []
+    if isinstance(overrides, dict):
+        return list(overrides.items())
+    parsed = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set '{item}': expected key=value (e.g. optim.main.lr=1e-3)")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text  # not a YAML scalar: keep the text, the schema decides
+        parsed.append((key, value))
+    return parsed
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: config key '{'.'.join(parts[:i + 1])}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+# --------------------------------------------------------------------------------- type checks
+def _build(schema: type, raw: Any, prefix: str):
+    where = prefix.rstrip(".") or "the config"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key '{where}': expected a section (mapping), got {_show(raw)}")
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    for key in raw:
+        if key not in fields:
+            full = f"{prefix}{key}"
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else \
+                f" (known keys: {', '.join(fields)})"
+            raise ConfigError(f"unknown config key '{full}'{hint}")
+    values = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        key = f"{prefix}{name}"
+        value = _coerce(raw[name], hints[name], key)
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise ConfigError(f"config key '{key}': expected one of {', '.join(choices)}; got {_show(value)}")
+        values[name] = value
+    return schema(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value if value is not None else {}, prefix=f"{key}.")
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': expected true or false, got {_show(value)}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': expected an integer, got {_show(value)}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            # YAML 1.1 reads `2e-4` (no dot) as a string: accept what plainly is a number.
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"config key '{key}': expected a number, got {_show(value)}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"config key '{key}': expected a string, got {_show(value)}")
+    if origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise ConfigError(f"config key '{key}': expected a mapping, got {_show(value)}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {_show(value)}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"config key '{key}': expected a list of {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    raise TypeError(f"config schema: unsupported type {hint!r} for {key}")  # a bug in the schema
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing (null)"
+    return repr(value)

@@ -1,0 +1,175 @@
+"""Polyp detection metrics: AP@0.5, recall at a false-positive budget, per-polyp detection and delay.
+
+What a clinical engineer asks of a polyp detector:
+- AP at IoU 0.5 over all evaluated frames (all-point interpolated precision-recall area);
+- recall when the operating point allows one false positive per 100 frames (false alarms are
+  what make endoscopists switch a detector off);
+- the fraction of polyps detected at least once at the operating score threshold;
+- how long after a polyp first becomes visible it is first detected, in frames and seconds.
+
+Matching is per frame, greedy by score: a detection is a true positive when its IoU with a
+still-unmatched ground-truth box is at least the threshold. Because higher-scoring detections
+are matched first, a detection's status does not depend on the score threshold, so one
+matching serves every operating point.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+@dataclass
+class FrameDetections:
+    """One evaluated frame: its ground truth and the detector's boxes (same coordinate frame)."""
+    video: str
+    frame_index: int
+    gt_boxes: np.ndarray                       # (K,4) xyxy
+    gt_ids: Sequence[str]                      # K polyp ids (unique across videos)
+    boxes: np.ndarray                          # (M,4) xyxy
+    scores: np.ndarray                         # (M,)
+    matched_gt: np.ndarray = field(init=False)  # (M,) index into gt_boxes or -1
+
+    def __post_init__(self) -> None:
+        self.gt_boxes = np.asarray(self.gt_boxes, dtype=np.float64).reshape(-1, 4)
+        self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
+        self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
+        if len(self.gt_ids) != len(self.gt_boxes):
+            raise ValueError(f"{self.video} frame {self.frame_index}: {len(self.gt_ids)} ids "
+                             f"for {len(self.gt_boxes)} ground-truth boxes")
+        if len(self.scores) != len(self.boxes):
+            raise ValueError(f"{self.video} frame {self.frame_index}: {len(self.scores)} scores "
+                             f"for {len(self.boxes)} boxes")
+        self.matched_gt = np.full(len(self.boxes), -1, dtype=np.int64)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix (M,K) of xyxy boxes a (M,4) and b (K,4)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0.0, None), axis=-1)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0.0, None), axis=-1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0.0, None), axis=-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def match_frame(frame: FrameDetections, iou_threshold: float) -> np.ndarray:
+    """Fill and return `frame.matched_gt` (greedy, highest score first)."""
+    matched = np.full(len(frame.boxes), -1, dtype=np.int64)
+    if len(frame.boxes) and len(frame.gt_boxes):
+        iou = box_iou(frame.boxes, frame.gt_boxes)
+        taken = np.zeros(len(frame.gt_boxes), dtype=bool)
+        for det in np.argsort(-frame.scores, kind="stable"):   # a handful of boxes per frame
+            candidates = np.where(taken, -1.0, iou[det])
+            best = int(np.argmax(candidates))
+            if candidates[best] >= iou_threshold:
+                matched[det] = best
+                taken[best] = True
+    frame.matched_gt = matched
+    return matched
+
+
+def average_precision(scores: np.ndarray, is_tp: np.ndarray, num_gt: int) -> float:
+    """All-point interpolated AP (area under the precision envelope)."""
+    if num_gt == 0:
+        return float("nan")
+    if len(scores) == 0:
+        return 0.0
+    order = np.argsort(-scores, kind="stable")
+    tp = np.cumsum(is_tp[order])
+    fp = np.cumsum(~is_tp[order])
+    recall = tp / num_gt
+    precision = tp / np.maximum(tp + fp, 1)
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    recall_steps = np.diff(np.concatenate([[0.0], recall]))
+    return float(np.sum(recall_steps * envelope))
+
+
+def recall_at_fp_rate(scores: np.ndarray, is_tp: np.ndarray, num_gt: int, num_frames: int,
+                      fp_per_100_frames: float = 1.0) -> tuple[float, float]:
+    """(recall, score threshold) at the lowest threshold whose false positives stay within
+    `fp_per_100_frames` per 100 frames. Detections tied in score are admitted together."""
+    if num_gt == 0:
+        return float("nan"), float("nan")
+    if len(scores) == 0:
+        return 0.0, float("inf")
+    allowed = fp_per_100_frames * num_frames / 100.0
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores = scores[order]
+    tp = np.cumsum(is_tp[order])
+    fp = np.cumsum(~is_tp[order])
+    # only cut after the last detection of a run of equal scores
+    last_of_tie = np.append(sorted_scores[1:] != sorted_scores[:-1], True)
+    ok = last_of_tie & (fp <= allowed)
+    if not ok.any():
+        return 0.0, float("inf")
+    cut = int(np.flatnonzero(ok)[-1])
+    return float(tp[cut] / num_gt), float(sorted_scores[cut])
+
+
+def detection_metrics(frames: Sequence[FrameDetections], fps: Mapping[str, float] | float,
+                      iou_threshold: float = 0.5, score_threshold: float = 0.3,
+                      fp_per_100_frames: float = 1.0) -> dict[str, float]:
+    """Every detection metric over a set of frames (frames of a video in any order).
+
+    fps: frames per second per video (or one value for all) to turn delays into seconds.
+    Per-polyp figures use detections scoring at least `score_threshold` (the operating point
+    the pipeline runs at). A polyp's delay is (first frame it is detected) - (first frame it is
+    visible) among the evaluated frames, so with sampled frames it is resolved to the sampling
+    step; the mean is over detected polyps.
+    """
+    for frame in frames:
+        match_frame(frame, iou_threshold)
+    num_frames = len(frames)
+    num_gt = int(sum(len(f.gt_boxes) for f in frames))
+    scores = np.concatenate([f.scores for f in frames]) if frames else np.zeros(0)
+    is_tp = np.concatenate([f.matched_gt >= 0 for f in frames]) if frames else np.zeros(0, bool)
+
+    ap = average_precision(scores, is_tp, num_gt)
+    recall_fp, threshold_fp = recall_at_fp_rate(scores, is_tp, num_gt, num_frames, fp_per_100_frames)
+    at_op = scores >= score_threshold
+    tp_op = int(np.sum(is_tp & at_op))
+    fp_op = int(np.sum(~is_tp & at_op))
+
+    first_visible: dict[str, tuple[str, int]] = {}
+    first_detected: dict[str, int] = {}
+    for frame in frames:
+        for gt_index, polyp in enumerate(frame.gt_ids):
+            seen = first_visible.get(polyp)
+            if seen is None or frame.frame_index < seen[1]:
+                first_visible[polyp] = (frame.video, frame.frame_index)
+        hits = frame.matched_gt[(frame.matched_gt >= 0) & (frame.scores >= score_threshold)]
+        for gt_index in hits:
+            polyp = frame.gt_ids[int(gt_index)]
+            if polyp not in first_detected or frame.frame_index < first_detected[polyp]:
+                first_detected[polyp] = frame.frame_index
+    delays_frames = []
+    delays_seconds = []
+    for polyp, frame_index in first_detected.items():
+        video, visible_index = first_visible[polyp]
+        delay = frame_index - visible_index
+        rate = fps if isinstance(fps, (int, float)) else fps.get(video, float("nan"))
+        delays_frames.append(delay)
+        delays_seconds.append(delay / rate if rate and rate > 0 else float("nan"))
+    num_polyps = len(first_visible)
+    nan = float("nan")
+    return {
+        "ap50": ap,
+        f"recall_at_{fp_per_100_frames:g}fp_per_100": recall_fp,
+        f"threshold_at_{fp_per_100_frames:g}fp_per_100": threshold_fp,
+        "precision": tp_op / (tp_op + fp_op) if tp_op + fp_op else nan,
+        "recall": tp_op / num_gt if num_gt else nan,
+        "fp_per_100_frames": 100.0 * fp_op / num_frames if num_frames else nan,
+        "polyp_detection_rate": len(first_detected) / num_polyps if num_polyps else nan,
+        "polyps": float(num_polyps),
+        "polyps_detected": float(len(first_detected)),
+        "mean_delay_frames": float(np.mean(delays_frames)) if delays_frames else nan,
+        "mean_delay_s": float(np.nanmean(delays_seconds)) if delays_seconds
+        and not np.all(np.isnan(delays_seconds)) else nan,
+        "frames": float(num_frames),
+        "gt_boxes": float(num_gt),
+    }

@@ -1,0 +1,106 @@
+"""Turn a config's data section into a `DatasetIndex`, generating synthetic data when asked.
+
+Synthetic data (`kind: synthetic`) is generated once by `trainer.synth.generate_dataset` into a
+cache directory named by a hash of the generator settings, video count, seed and the
+generator's source code, then read with the REAL-Colon reader like any real data set (so the
+real reader is what training exercises). Concurrent processes (DDP replicas, parallel runs)
+take a file lock, so exactly one generates and the others wait and reuse it; the generator
+writes to a temporary directory renamed when complete, so an interrupted run never leaves a
+half-written cache behind.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from ..config import DataSourceConfig, SyntheticConfig
+from ..data import DatasetIndex, read_dataset
+from ..errors import ConfigError, DataError
+from ..fsutil import write_json_atomic
+from ..synth.config import config_to_dict as synth_config_to_dict
+
+log = logging.getLogger("hagview.train")
+
+# Bump to invalidate every cache (the generator's own source is hashed into the key as well).
+SYNTH_CACHE_VERSION = 1
+
+
+def _generator_fingerprint() -> str:
+    """A hash of the generator's source files: a changed renderer never reuses an old cache."""
+    from .. import synth
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(synth.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def synth_config_from(scfg: SyntheticConfig):
+    """The generator's `SynthConfig`: a preset and/or YAML file, then the overrides mapping."""
+    from ..synth import SynthConfig
+    from ..synth.config import apply_overrides, load_synth_config
+
+    if scfg.config is not None or scfg.preset is not None:
+        cfg = load_synth_config(scfg.config, scfg.preset)
+    else:
+        cfg = SynthConfig()
+    if scfg.overrides:
+        cfg = apply_overrides(cfg, scfg.overrides, source="config key 'synthetic.overrides'")
+    return cfg
+
+
+def synthetic_cache_key(scfg: SyntheticConfig) -> str:
+    synth_cfg = synth_config_from(scfg)
+    recipe = {"synth": synth_config_to_dict(synth_cfg), "videos": scfg.videos, "seed": scfg.seed,
+              "version": SYNTH_CACHE_VERSION, "generator": _generator_fingerprint()}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def ensure_synthetic_dataset(scfg: SyntheticConfig, progress: bool = True) -> Path:
+    """The cached data set for these settings; generated first if it is not there yet."""
+    from ..synth import generate_dataset
+
+    cache = Path(scfg.cache_dir).expanduser()
+    cache.mkdir(parents=True, exist_ok=True)
+    key = synthetic_cache_key(scfg)
+    target = cache / f"synth-{key}"
+    with open(cache / f".synth-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "lesion_info.csv").is_file():
+            log.info("generating synthetic data (%d videos, seed %d) into %s", scfg.videos, scfg.seed, target)
+            synth_cfg = synth_config_from(scfg)
+            # generate_dataset renders into a temporary directory and renames it when complete.
+            generate_dataset(target, synth_cfg, videos=scfg.videos, seed=scfg.seed, progress=progress,
+                             overwrite=target.exists())
+            write_json_atomic(target / "recipe.json", {"synth": synth_config_to_dict(synth_cfg),
+                                                       "videos": scfg.videos, "seed": scfg.seed,
+                                                       "generator": _generator_fingerprint()})
+    return target
+
+
+def data_root(source: DataSourceConfig, progress: bool = True) -> str:
+    if source.kind == "synthetic":
+        return str(ensure_synthetic_dataset(source.synthetic, progress=progress))
+    if source.root is None:
+        raise ConfigError(f"data kind '{source.kind}' needs a root directory")
+    return str(Path(source.root).expanduser())
+
+
+def read_source(source: DataSourceConfig, *, negatives: bool = False,
+                progress: bool = True) -> tuple[DatasetIndex, str]:
+    """(index, root) of a data source; DataError when it holds no polyp boxes with sizes.
+
+    negatives: keep frames without polyps in `index.frames` (a detector needs them).
+    """
+    root = data_root(source, progress)
+    kwargs = {"root": root, "negatives": negatives}
+    if source.kind == "sun":
+        kwargs.update(case_pattern=source.case_pattern, size_table=source.size_table)
+    index = read_dataset(source.kind, **kwargs)
+    if not index.samples:
+        raise DataError(f"{root}: no polyp boxes with a known size ({index.summary()})")
+    return index, root
