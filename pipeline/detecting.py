@@ -74,20 +74,6 @@ def heatmap_peaks(heatmap: np.ndarray, k: int, kernel: int = 3
     return values, top // w, top % w
 
 
-def heatmap_peaks_torch(heatmap, k: int, kernel: int = 3):
-    """Torch twin of `heatmap_peaks` (max_pool2d + topk) for tensors on any device."""
-    import torch
-    import torch.nn.functional as F
-
-    if heatmap.dim() == 3:
-        heatmap = heatmap.unsqueeze(1)
-    n, _, h, w = heatmap.shape
-    pooled = F.max_pool2d(heatmap, kernel, stride=1, padding=kernel // 2)
-    masked = torch.where(heatmap == pooled, heatmap, torch.full_like(heatmap, float("-inf")))
-    values, index = masked.reshape(n, h * w).topk(min(k, h * w), dim=1)
-    return values, index // w, index % w
-
-
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
         return 1.0 / (1.0 + np.exp(-x))
@@ -116,24 +102,6 @@ def decode_centernet(heatmap: np.ndarray, wh: np.ndarray, offset: np.ndarray, st
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1).astype(np.float32)
     keep = np.isfinite(values) & (scores >= score_threshold)
     return [(boxes[i][keep[i]], scores[i][keep[i]].astype(np.float32)) for i in range(n)]
-
-
-def decode_centernet_torch(heatmap, wh, offset, stride: int, score_threshold: float = 0.3,
-                           max_detections: int = 10) -> list[tuple[np.ndarray, np.ndarray]]:
-    """`decode_centernet` on torch tensors (heatmap logits), decoded where they are (GPU or
-    CPU) so only k boxes per image leave the device. Returns numpy like `decode_centernet`."""
-    import torch
-
-    values, ys, xs = heatmap_peaks_torch(heatmap.float(), max_detections)
-    index = (ys * heatmap.shape[-1] + xs).unsqueeze(1).expand(-1, 2, -1)     # (N,2,k)
-    size = wh.float().flatten(2).gather(2, index).clamp(min=0.0) * stride
-    centre = (torch.stack([xs, ys], dim=1).float() + offset.float().flatten(2).gather(2, index)) * stride
-    boxes = torch.cat([centre - size / 2, centre + size / 2], dim=1).transpose(1, 2)   # (N,k,4)
-    scores = torch.sigmoid(values)
-    keep = torch.isfinite(values) & (scores >= score_threshold)
-    boxes, scores, keep = boxes.cpu().numpy(), scores.cpu().numpy(), keep.cpu().numpy()
-    return [(boxes[i][keep[i]].astype(np.float32), scores[i][keep[i]].astype(np.float32))
-            for i in range(boxes.shape[0])]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@
 #
 # 1. hagview-synth renders 32 synthetic videos (seed 11, 320x240, 12.5 fps, 8 s, 1-3 polyps);
 # 2. hagview-train trains configs/train/detector_synthetic.yaml on them (fold 0 of 4, CPU,
-#    one thread: about 10-15 minutes on a 2-core machine);
+#    one thread, 24 epochs: 20 minutes on this shared 2-core machine under a load of 7-11);
 # 3. hagview-export folds the gates and writes pipeline/assets/bundles/detector/.
 # Everything is seeded, so the same command gives the same data, and on the same CPU and
 # torch build the same weights. The bundle says it was trained on synthetic data and is
@@ -45,6 +45,6 @@ else
         --set data.kind=realcolon --set "data.root=$DATA"
 fi
 
-hagview-export "$RUN" --out "$BUNDLE"
+hagview-export "$RUN" --out "$BUNDLE" --force
 du -sh "$BUNDLE"
 echo "[demo-detector] bundle written to $BUNDLE"

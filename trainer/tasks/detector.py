@@ -30,6 +30,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -115,6 +116,38 @@ def weighted_giou_loss(wh: torch.Tensor, offset: torch.Tensor, wh_target: torch.
             * (torch.maximum(py + ph / 2, ty + th / 2) - torch.minimum(py - ph / 2, ty - th / 2)))
     giou = inter / union.clamp(min=1e-6) - (hull - union) / hull.clamp(min=1e-6)
     return ((1.0 - giou) * w).sum() / w.sum()
+
+
+def heatmap_peaks_torch(heatmap, k: int, kernel: int = 3):
+    """The k highest 3x3 local maxima of (N,1,H,W) logits: max_pool2d + topk, on any device.
+
+    Torch twin of `pipeline.detecting.heatmap_peaks` (the pipeline decodes on numpy; training
+    decodes here, where the outputs are, and the trainer may not import the pipeline).
+    """
+    if heatmap.dim() == 3:
+        heatmap = heatmap.unsqueeze(1)
+    n, _, h, w = heatmap.shape
+    pooled = F.max_pool2d(heatmap, kernel, stride=1, padding=kernel // 2)
+    masked = torch.where(heatmap == pooled, heatmap, torch.full_like(heatmap, float("-inf")))
+    values, index = masked.reshape(n, h * w).topk(min(k, h * w), dim=1)
+    return values, index // w, index % w
+
+
+def decode_centernet_torch(heatmap, wh, offset, stride: int, score_threshold: float = 0.3,
+                           max_detections: int = 10) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`pipeline.detecting.decode_centernet` on torch tensors (heatmap logits), decoded where
+    they are (GPU or CPU) so only k boxes per image leave the device; returns numpy per image
+    (boxes (M,4) in input pixels, scores (M,))."""
+    values, ys, xs = heatmap_peaks_torch(heatmap.float(), max_detections)
+    index = (ys * heatmap.shape[-1] + xs).unsqueeze(1).expand(-1, 2, -1)     # (N,2,k)
+    size = wh.float().flatten(2).gather(2, index).clamp(min=0.0) * stride
+    centre = (torch.stack([xs, ys], dim=1).float() + offset.float().flatten(2).gather(2, index)) * stride
+    boxes = torch.cat([centre - size / 2, centre + size / 2], dim=1).transpose(1, 2)   # (N,k,4)
+    scores = torch.sigmoid(values)
+    keep = torch.isfinite(values) & (scores >= score_threshold)
+    boxes, scores, keep = boxes.cpu().numpy(), scores.cpu().numpy(), keep.cpu().numpy()
+    return [(boxes[i][keep[i]].astype(np.float32), scores[i][keep[i]].astype(np.float32))
+            for i in range(boxes.shape[0])]
 
 
 def _video_fps(root: str | None) -> dict[str, float]:
@@ -338,8 +371,6 @@ class DetectorTask(Task):
 
     # ---- evaluation ----
     def evaluate(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
-        from pipeline.detecting import decode_centernet_torch
-
         dataset = loader.dataset
         if not isinstance(dataset, DetectionDataset):
             raise HagviewError(f"detector evaluation needs a DetectionDataset, got {type(dataset).__name__}")
