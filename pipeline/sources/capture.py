@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 
 from trainer.errors import SourceError
 
 from ..types import Frame
 from .base import ReconnectingSource, StateCallback, VideoSource
-from .file import _ffmpeg_reason, frame_to_rgb
+from .live_av import LiveAVSource
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +45,11 @@ def is_capture_spec(spec: str) -> bool:
     return bool(re.fullmatch(r"\d+", spec)) or spec.startswith("/dev/video") or spec.startswith("v4l2:")
 
 
-class PyAVCapture(VideoSource):
+class PyAVCapture(LiveAVSource):
     """One open V4L2 device through FFmpeg; raises SourceError when it cannot open or read."""
-
-    is_live = True
 
     def __init__(self, device: str, *, width: int = 1920, height: int = 1080, fps: float = 30.0,
                  pixel_format: str = "mjpeg", open_timeout_s: float = 5.0, read_timeout_s: float = 2.0) -> None:
-        super().__init__()
-        self.name = device
         if not Path(device).exists():
             raise SourceError(f"{device}: no such capture device")
         options = {}
@@ -66,66 +60,12 @@ class PyAVCapture(VideoSource):
         if pixel_format:
             options["input_format"] = pixel_format
         self.requested = (width, height, fps, pixel_format)
-        try:
-            self._container = av.open(device, format="v4l2", options=options,
-                                      timeout=(open_timeout_s, read_timeout_s))
-        except (av.error.FFmpegError, OSError, ValueError) as exc:
-            raise SourceError(f"{device}: cannot open capture device with {options} ({_ffmpeg_reason(exc)})") from None
-        if not self._container.streams.video:
-            self._container.close()
-            raise SourceError(f"{device}: capture device has no video stream")
-        self._stream = self._container.streams.video[0]
-        self._stream.codec_context.thread_type = "SLICE"
-        ctx = self._stream.codec_context
-        if width and height and (ctx.width, ctx.height) != (width, height):
-            log.warning("%s: asked for %dx%d, the driver delivers %dx%d", device, width, height, ctx.width, ctx.height)
-        self._packets = self._container.demux(self._stream)
-        self._pending: list = []
-        self._index = 0
-        self._first: float | None = None
-        self._interrupted = threading.Event()
-        self._closed = False
-
-    @property
-    def fps(self) -> float | None:
-        rate = self._stream.average_rate or self._stream.guessed_rate
-        return float(rate) if rate else None
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self._stream.codec_context.width, self._stream.codec_context.height
-
-    def read(self) -> Frame | None:
-        while not self._pending:
-            if self._closed or self._interrupted.is_set():
-                return None
-            try:
-                packet = next(self._packets)
-            except StopIteration:
-                return None
-            except (av.error.FFmpegError, OSError) as exc:
-                raise SourceError(f"{self.name}: no frames ({_ffmpeg_reason(exc)})") from None
-            try:
-                self._pending = list(self._stream.codec_context.decode(packet))
-            except (av.error.FFmpegError, ValueError):
-                self.counters["corrupt_packets"] += 1   # a damaged MJPEG frame: skip it
-        av_frame = self._pending.pop(0)
-        now = time.perf_counter()
-        seconds = av_frame.time if av_frame.time is not None else now
-        if self._first is None:
-            self._first = seconds
-        frame = Frame(index=self._index, pts=max(0.0, seconds - self._first), image=frame_to_rgb(av_frame))
-        self._index += 1
-        self.counters["frames"] += 1
-        return frame
-
-    def interrupt(self) -> None:
-        self._interrupted.set()
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._container.close()
+        super().__init__(device, device, options=options, open_timeout_s=open_timeout_s,
+                         read_timeout_s=read_timeout_s, av_format="v4l2",
+                         what=f"capture device with {options}")
+        delivered = self.size
+        if width and height and delivered != (width, height):
+            log.warning("%s: asked for %dx%d, the driver delivers %dx%d", device, width, height, *delivered)
 
 
 class OpenCVCapture(VideoSource):

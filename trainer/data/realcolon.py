@@ -15,7 +15,8 @@ from ..errors import DataError
 from ..progress import Progress
 from .images import jpeg_size
 from .records import (BoxAnnotation, DatasetIndex, FrameRecord, SampleRecord, SkipLog,
-                      check_box, parse_size_mm, trailing_int)
+                      check_box, finish_index, frame_sort_key, parse_size_mm,
+                      trailing_int)
 
 log = logging.getLogger("hagview.data")
 
@@ -48,7 +49,7 @@ def read_realcolon(root, *, negatives: bool = True, verify_images: bool = True,
 
     index = DatasetIndex()
     boxes_per_unsized: dict[str, int] = {}
-    xml_lists = [(d, sorted(d.glob("*.xml"), key=_frame_sort_key)) for d in ann_dirs]
+    xml_lists = [(d, sorted(d.glob("*.xml"), key=frame_sort_key)) for d in ann_dirs]
     total = sum(len(x) for _, x in xml_lists)
     with Progress(total, "files", "reading REAL-Colon", enabled=progress) as bar:
         for ann_dir, xmls in xml_lists:
@@ -67,22 +68,13 @@ def read_realcolon(root, *, negatives: bool = True, verify_images: bool = True,
                         continue
                     index.samples.append(SampleRecord(frame.image_path, video, frame.frame_index,
                                                       ann.box, ann.polyp_id, size, frame.image_size))
-    for polyp, count in sorted(boxes_per_unsized.items()):
-        why = bad_sizes.get(polyp, "not listed")
-        skips.add(root / LESION_CSV, f"polyp without size: {polyp} ({why}); {count} box{'es' if count != 1 else ''} not used for sizing")
-    used = {s.polyp_id for s in index.samples}
-    index.polyp_sizes = {p: v for p, v in sizes.items() if p in used}
-    index.skipped = skips.finish()
+    finish_index(index, skips, sizes=sizes, unsized=boxes_per_unsized, bad_sizes=bad_sizes,
+                 size_file=root / LESION_CSV, not_listed="not listed")
     if not index.samples:
         raise DataError(f"{root}: no usable samples (no box of a polyp with a known size; "
                         f"{len(index.skipped)} skipped)")
     log.info("REAL-Colon %s: %s", root, index.summary())
     return index
-
-
-def _frame_sort_key(path: Path):
-    n = trailing_int(path.stem)
-    return (n if n is not None else -1, path.name)
 
 
 def _read_lesion_sizes(path: Path, skips: SkipLog, accept_lower_bound: bool):

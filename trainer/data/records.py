@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -158,3 +159,23 @@ def trailing_int(stem: str) -> int | None:
     """Frame number at the end of a file stem (`001-001_152` -> 152, `image_0007` -> 7)."""
     m = re.search(r"(\d+)$", stem)
     return int(m.group(1)) if m else None
+
+
+def frame_sort_key(path: Path):
+    """Frame files in frame-number order (`x_2` before `x_10`), then by name."""
+    n = trailing_int(path.stem)
+    return (n if n is not None else -1, path.name)
+
+
+def finish_index(index: DatasetIndex, skips: SkipLog, *, sizes: dict[str, float],
+                 unsized: dict[str, int], bad_sizes: dict[str, str], size_file, not_listed: str) -> DatasetIndex:
+    """Close a reader's index: report polyps whose boxes had no usable size, keep the sizes of
+    the polyps that have samples, and hand over the skip log."""
+    for polyp, count in sorted(unsized.items()):
+        why = bad_sizes.get(polyp, not_listed)
+        skips.add(size_file, f"polyp without size: {polyp} ({why}); "
+                             f"{count} box{'es' if count != 1 else ''} not used for sizing")
+    used = {s.polyp_id for s in index.samples}
+    index.polyp_sizes = {p: v for p, v in sizes.items() if p in used}
+    index.skipped = skips.finish()
+    return index

@@ -21,7 +21,8 @@ from ..errors import DataError
 from ..progress import Progress
 from .images import jpeg_size
 from .records import (BoxAnnotation, DatasetIndex, FrameRecord, SampleRecord, SkipLog,
-                      check_box, parse_size_mm, trailing_int)
+                      check_box, finish_index, frame_sort_key, parse_size_mm,
+                      trailing_int)
 from .tables import read_table
 
 log = logging.getLogger("hagview.data")
@@ -58,7 +59,7 @@ def read_sun(root, case_pattern: str = "case*", box_files=None, size_table=None,
     video_of = {d: (d.name if names.count(d.name) == 1 else d.relative_to(root).as_posix())
                 for d in case_dirs}
     listing = {d: sorted((p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
-                         key=_frame_sort_key) for d in case_dirs}
+                         key=frame_sort_key) for d in case_dirs}
     by_name: dict[str, list[Path]] = {}
     for d, files in listing.items():
         for p in files:
@@ -114,22 +115,13 @@ def read_sun(root, case_pattern: str = "case*", box_files=None, size_table=None,
                     continue
                 index.samples.append(SampleRecord(frame.image_path, video, frame_index, ann.box,
                                                   polyp, size, image_size))
-    for polyp, count in sorted(unsized.items()):
-        why = bad_sizes.get(polyp, "not in the size table")
-        skips.add(table_path, f"polyp without size: {polyp} ({why}); {count} box{'es' if count != 1 else ''} not used for sizing")
-    used = {s.polyp_id for s in index.samples}
-    index.polyp_sizes = {p: v for p, v in sizes.items() if p in used}
-    index.skipped = skips.finish()
+    finish_index(index, skips, sizes=sizes, unsized=unsized, bad_sizes=bad_sizes,
+                 size_file=table_path, not_listed="not in the size table")
     if not index.samples:
         raise DataError(f"{root}: no usable samples (no polyp box of a case with a known size; "
                         f"{len(index.skipped)} skipped)")
     log.info("SUN %s: %s", root, index.summary())
     return index
-
-
-def _frame_sort_key(path: Path):
-    n = trailing_int(path.stem)
-    return (n if n is not None else -1, path.name)
 
 
 def _polyp_id(case_name: str) -> str:
