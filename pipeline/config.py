@@ -15,12 +15,10 @@ import inspect
 import os
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
 
-from trainer.config import _parse_overrides, _set_dotted, config_to_dict, parse_section
+from trainer.config import config_to_dict, parse_overrides, parse_section, read_yaml_mapping, set_dotted
 from trainer.errors import ConfigError
 
 from .quality import QualityAssessor
@@ -133,26 +131,6 @@ def run_config_to_dict(cfg: RunConfig) -> dict[str, Any]:
     return config_to_dict(cfg)
 
 
-def _read_yaml_mapping(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: run config not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read run config ({getattr(exc, 'strerror', None) or exc})") from None
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}:" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} {getattr(exc, 'problem', None) or 'invalid YAML'}") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: a run config is a mapping of sections, got {type(loaded).__name__}")
-    return loaded
-
-
 def load_run_config(path: str | os.PathLike | None = None,
                     overrides: dict[str, Any] | list[str] | None = None) -> RunConfig:
     """Defaults, then the YAML file (if any), then overrides; validated. Raises ConfigError."""
@@ -160,9 +138,9 @@ def load_run_config(path: str | os.PathLike | None = None,
     raw: dict[str, Any] = {}
     if path is not None:
         source = str(path)
-        raw = _read_yaml_mapping(Path(path))
-    for key, value in _parse_overrides(_flatten(overrides) if isinstance(overrides, dict) else overrides):
-        _set_dotted(raw, key, value)
+        raw = read_yaml_mapping(path, "run config")
+    for key, value in parse_overrides(_flatten(overrides) if isinstance(overrides, dict) else overrides):
+        set_dotted(raw, key, value)
     try:
         cfg = parse_section(RunConfig, raw, prefix="")
     except ConfigError as exc:

@@ -47,6 +47,19 @@ class _Edge(Generic[T]):
             self._closed = True
             self._cond.notify_all()
 
+    def _wait_for_item(self, has_item, timeout: float | None) -> bool:
+        """With the lock held: wait until `has_item()`; False on time-out; EdgeClosed once
+        closed and empty."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while not has_item():
+            if self._closed:
+                raise EdgeClosed(self.name)
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            self._cond.wait(left)
+        return True
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -88,14 +101,8 @@ class LatestSlot(_Edge[T]):
     def get(self, timeout: float | None = None) -> T | None:
         """The newest item; None on time-out; EdgeClosed once closed and empty."""
         with self._cond:
-            end = None if timeout is None else time.monotonic() + timeout
-            while not self._full:
-                if self._closed:
-                    raise EdgeClosed(self.name)
-                left = None if end is None else end - time.monotonic()
-                if left is not None and left <= 0:
-                    return None
-                self._cond.wait(left)
+            if not self._wait_for_item(lambda: self._full, timeout):
+                return None
             item, self._item, self._full = self._item, None, False
             return item
 
@@ -145,14 +152,8 @@ class BlockingQueue(_Edge[T]):
     def get(self, timeout: float | None = None) -> T | None:
         """The oldest item; None on time-out; EdgeClosed once closed and empty."""
         with self._cond:
-            end = None if timeout is None else time.monotonic() + timeout
-            while not self._items:
-                if self._closed:
-                    raise EdgeClosed(self.name)
-                left = None if end is None else end - time.monotonic()
-                if left is not None and left <= 0:
-                    return None
-                self._cond.wait(left)
+            if not self._wait_for_item(lambda: bool(self._items), timeout):
+                return None
             item = self._items.popleft()
             self._cond.notify_all()
             return item

@@ -210,6 +210,33 @@ class TrainConfig:
 
 
 # --------------------------------------------------------------------------------- loading
+def read_yaml_mapping(path: str | os.PathLike, what: str = "config") -> dict[str, Any]:
+    """A YAML file that holds a mapping (empty file: {}), read with safe_load.
+
+    Every problem is a one-line ConfigError naming the file (and the line, for bad YAML).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read {what} ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None)
+        if mark is None or not problem:
+            raise ConfigError(f"{path}: invalid YAML") from None
+        raise ConfigError(f"{path}: line {mark.line + 1} {problem} (invalid YAML)") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: a {what} is a mapping of sections, got {type(loaded).__name__}")
+    return loaded
+
+
 def load_config(path: str | os.PathLike | None, overrides: list[str] | dict[str, Any] | None = None,
                 *, check_paths: bool = True) -> TrainConfig:
     """Read a YAML config (None: all defaults), apply overrides, validate, return the schema.
@@ -217,31 +244,12 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | dict[str,
     `overrides`: `["optim.main.lr=1e-3", ...]` (values are YAML scalars) or `{"a.b": value}`.
     """
     raw: dict[str, Any] = {}
-    source = "config"
     if path is not None:
         path = Path(path)
-        source = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or "invalid YAML"
-            raise ConfigError(f"{path}:{where} {problem}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: a config is a mapping of sections, got {type(loaded).__name__}")
-        raw = loaded
+        raw = read_yaml_mapping(path)
         raw.setdefault("name", path.stem)
-    for key, value in _parse_overrides(overrides):
-        _set_dotted(raw, key, value)
+    for key, value in parse_overrides(overrides):
+        set_dotted(raw, key, value)
     cfg = _build(TrainConfig, raw, prefix="")
     _check_values(cfg)
     if check_paths:
@@ -333,7 +341,7 @@ def _check_values(cfg: TrainConfig) -> None:
         raise ConfigError(f"config key 'train.device': expected auto, cpu, cuda or cuda:N, got '{device}'")
 
 
-def _parse_overrides(overrides) -> list[tuple[str, Any]]:
+def parse_overrides(overrides) -> list[tuple[str, Any]]:
     if overrides is None:
         return []
     if isinstance(overrides, dict):
@@ -352,7 +360,7 @@ def _parse_overrides(overrides) -> list[tuple[str, Any]]:
     return parsed
 
 
-def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node = raw
     parts = key.split(".")
     for i, part in enumerate(parts[:-1]):

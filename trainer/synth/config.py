@@ -9,11 +9,10 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any
 
-import yaml
 
+from ..config import read_yaml_mapping
 from ..errors import ConfigError
 
 SHAPES = ("sessile", "pedunculated", "flat")
@@ -205,21 +204,7 @@ def load_synth_config(path: str | os.PathLike | None = None, preset: str | None 
             raise ConfigError(f"unknown preset '{preset}' (known: {', '.join(PRESETS)})")
         cfg = apply_overrides(cfg, PRESETS[preset], f"preset {preset}")
     if path is not None:
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read config ({exc})") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            where = getattr(exc, "problem_mark", None)
-            line = f" at line {where.line + 1}" if where is not None else ""
-            raise ConfigError(f"{path}: invalid YAML{line}") from None
-        if data is None:
-            data = {}
+        data = read_yaml_mapping(path, "synth config")
         cfg = apply_overrides(cfg, data, str(path))
     return validate_config(cfg)
 
