@@ -26,6 +26,7 @@ ARRIVAL_STAMP = "gui_arrival"    # Frame.stamps key: perf_counter() when the vie
 # Source states that leave no live picture: the last frame is dimmed under a message. An error
 # (the analysis stopped, the source failed) is a red banner: frames may still be coming.
 _NO_PICTURE_STATES = ("no signal", "reconnecting")
+_BACKGROUND = QColor(12, 12, 14)
 
 
 def wrap_rgb(image: np.ndarray) -> QImage:
@@ -58,8 +59,8 @@ def fit_rect(image_width: int, image_height: int, area: QRectF) -> QRectF:
 def scale_for_display(image: np.ndarray, area: tuple[int, int]) -> np.ndarray:
     """The frame at the size it will be shown in `area` (device pixels), aspect kept.
 
-    Run on the pipeline's output thread, so the GUI thread only blits the picture 1:1
-    (cv2's bilinear resize releases the GIL; Qt's scaled blit of 24-bit RGB does not compete).
+    The bridge runs it on the pipeline's capture thread, so the GUI thread only blits the picture
+    1:1 (cv2's bilinear resize releases the GIL; Qt's smooth scaled blit would hold the GUI thread).
     The frame itself comes back unchanged when it already fits exactly.
     """
     height, width = image.shape[:2]
@@ -182,7 +183,7 @@ class VideoWidget(QWidget):
         self._result: FrameResult | None = None
         self._image: QImage | None = None          # wraps _pixels (no copy)
         self._pixels: np.ndarray | None = None     # the frame, or its display-sized version
-        self.display_area = (0, 0)                 # device pixels; read by the bridge's display thread
+        self.display_area = (0, 0)                 # device pixels; read on the capture thread (bridge)
         self.overlay_enabled = True
         self.synthetic = False
         self.selected_id: int | None = None
@@ -283,13 +284,22 @@ class VideoWidget(QWidget):
     def paintEvent(self, event) -> None:
         painter = QPainter(self)
         area = QRectF(self.rect())
-        painter.fillRect(self.rect(), QColor(12, 12, 14))
         result, image = self._result, self._image
         if image is None:
+            painter.fillRect(area, _BACKGROUND)
             self._centre_text(painter, area, self._idle_text())
             painter.end()
             return
         target, one_to_one = self._placement()
+        # Only the bars around the picture: filling the whole area first costs a frame's worth
+        # of memory writes on the GUI thread for pixels the picture then covers.
+        left, top, right, bottom = target.left(), target.top(), target.right(), target.bottom()
+        for bar in (QRectF(area.left(), area.top(), area.width(), top - area.top()),
+                    QRectF(area.left(), bottom, area.width(), area.bottom() - bottom),
+                    QRectF(area.left(), top, left - area.left(), target.height()),
+                    QRectF(right, top, area.right() - right, target.height())):
+            if bar.width() > 0 and bar.height() > 0:
+                painter.fillRect(bar, _BACKGROUND)
         frame_size = (result.frame.image.shape[1], result.frame.image.shape[0])
         if one_to_one:
             image.setDevicePixelRatio(self.devicePixelRatioF())

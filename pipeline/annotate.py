@@ -159,7 +159,7 @@ class AnnotationWriter:
     """Consumes FrameResults in order and writes one input's outputs into `directory`."""
 
     def __init__(self, directory: Path, *, render: bool, mot: bool, synthetic: bool, fps: float | None,
-                 thumb_size: int, crf: int, line_width: int) -> None:
+                 thumb_size: int, crf: int, preset: str, line_width: int) -> None:
         self.directory = directory
         self.synthetic = synthetic
         self.render = render
@@ -167,6 +167,7 @@ class AnnotationWriter:
         self.fps = fps or 30.0
         self.thumb_size = thumb_size
         self.crf = crf
+        self.preset = preset
         self.line_width = line_width
         self.frames_written = 0
         self.frames_analysed = 0
@@ -206,7 +207,8 @@ class AnnotationWriter:
         if self._video is None:
             # yuv420p needs an even size: an odd frame gets one black row/column added.
             self._video = H264Writer(self.directory / "annotated.mp4", fps=self.fps,
-                                     size=(w + w % 2, h + h % 2), crf=self.crf, threads=1)
+                                     size=(w + w % 2, h + h % 2), crf=self.crf, preset=self.preset,
+                                     threads=1)
         drawn = draw_overlay(image, tracks, synthetic=self.synthetic, line_width=self.line_width)
         if w % 2 or h % 2:
             drawn = np.pad(drawn, ((0, h % 2), (0, w % 2), (0, 0)))
@@ -304,7 +306,8 @@ def annotate_input(spec: str, directory: Path, make_analysis, args: argparse.Nam
             os.chmod(tmp, _directory_mode())     # mkdtemp makes it private; the result is an ordinary folder
             writer = AnnotationWriter(tmp, render=args.render, mot=args.mot, synthetic=model_info["synthetic"],
                                       fps=source.fps, thumb_size=config.output.thumbnail_size,
-                                      crf=config.output.render_crf, line_width=config.output.overlay_line_width)
+                                      crf=config.output.render_crf, preset=config.output.render_preset,
+                                      line_width=config.output.overlay_line_width)
             progress = Progress(total, unit="frames", label=directory.name, rate_unit="fps",
                                 enabled=not args.quiet)
             try:

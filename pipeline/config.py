@@ -20,6 +20,7 @@ from typing import Any
 
 from trainer.config import config_to_dict, parse_overrides, parse_section, read_yaml_mapping, set_dotted
 from trainer.errors import ConfigError
+from trainer.videowriter import X264_PRESETS
 
 from .quality import QualityAssessor
 from .smoothing import SizeSmoother
@@ -80,6 +81,7 @@ class SizeConfig:
 @dataclass
 class OutputConfig:
     render_crf: int = 23                  # --render: x264 quality (lower is better, 18..28 sensible)
+    render_preset: str = "superfast"      # --render: x264 speed/size trade-off (see X264_PRESETS)
     thumbnail_size: int = 160             # polyps.json thumbnails, longest side in pixels
     overlay_line_width: int = 0           # 0: scaled with the frame size
 
@@ -89,6 +91,7 @@ class RuntimeConfig:
     offline_queue_capacity: int = 8       # blocking queues of offline annotation (frames per edge)
     stats_window: int = 3000              # latency samples kept per stage
     inference_threads: int = 0            # per engine; 0: auto (offline 1, live the backend's default)
+    analysis_nice: int = 10               # live: analysis threads this much below capture and display (0: off)
 
 
 def _schema_from_signature(name: str, cls: type) -> type:
@@ -182,7 +185,10 @@ def _check_values(cfg: RunConfig, source: str) -> None:
     need(cfg.detect.workers >= 1, "detect.workers", ">= 1", cfg.detect.workers)
     need(cfg.size.workers >= 1, "size.workers", ">= 1", cfg.size.workers)
     need(cfg.size.time_budget_ms >= 0, "size.time_budget_ms", ">= 0 (0: no budget)", cfg.size.time_budget_ms)
+    need(0 <= cfg.runtime.analysis_nice <= 19, "runtime.analysis_nice", "in [0, 19]", cfg.runtime.analysis_nice)
     need(0 <= cfg.output.render_crf <= 51, "output.render_crf", "in [0, 51]", cfg.output.render_crf)
+    need(cfg.output.render_preset in X264_PRESETS, "output.render_preset", f"one of {', '.join(X264_PRESETS)}",
+         cfg.output.render_preset)
     need(cfg.output.thumbnail_size >= 16, "output.thumbnail_size", ">= 16", cfg.output.thumbnail_size)
     need(cfg.output.overlay_line_width >= 0, "output.overlay_line_width", ">= 0", cfg.output.overlay_line_width)
     need(cfg.runtime.offline_queue_capacity >= 1, "runtime.offline_queue_capacity", ">= 1",

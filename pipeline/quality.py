@@ -10,8 +10,9 @@ Each factor is in 0..1 and they multiply:
 - image quality = inside factor * sharpness; combined = image quality * detection confidence.
 
 The size smoother takes confidence and image quality separately (`SizeSmoother.add`); the track
-report shows the combined value. Everything is computed with summed-area tables, so the cost is
-one Laplacian per frame plus O(1) per box.
+report shows the combined value. The border test uses a summed-area table of the FOV mask (kept
+while the mask is the same object, i.e. until the pipeline re-estimates it), the blur measure a
+Laplacian of each box alone: the cost per frame is one grey conversion plus the boxes' areas.
 """
 from __future__ import annotations
 
@@ -46,9 +47,16 @@ def _box_sums(table: np.ndarray, boxes_int: np.ndarray) -> np.ndarray:
     return table[y2, x2] - table[y1, x2] - table[y2, x1] + table[y1, x1]
 
 
+def fov_table(fov_mask: np.ndarray) -> np.ndarray:
+    """The summed-area table `inside_fraction` reads: (H+1, W+1) counts of FOV pixels."""
+    return cv2.integral(fov_mask.astype(np.uint8))
+
+
 def inside_fraction(boxes: np.ndarray, image_size: tuple[int, int], fov_mask: np.ndarray | None = None,
-                    grow: float = 0.0) -> np.ndarray:
-    """Fraction of each (grown) box's area inside the image (width, height) and the FOV mask."""
+                    grow: float = 0.0, *, table: np.ndarray | None = None) -> np.ndarray:
+    """Fraction of each (grown) box's area inside the image (width, height) and the FOV mask.
+
+    `table`: `fov_table(fov_mask)` when the caller keeps it for a mask used on many frames."""
     b = grow_boxes(boxes, grow)
     if len(b) == 0:
         return np.zeros(0)
@@ -61,7 +69,8 @@ def inside_fraction(boxes: np.ndarray, image_size: tuple[int, int], fov_mask: np
     if fov_mask.shape[:2] != (height, width):
         raise ValueError(f"inside_fraction: FOV mask is {fov_mask.shape[1]}x{fov_mask.shape[0]}, "
                          f"the image {width}x{height}")
-    table = cv2.integral(fov_mask.astype(np.uint8))
+    if table is None:
+        table = fov_table(fov_mask)
     clipped = np.stack([np.clip(np.round(b[:, 0]), 0, width), np.clip(np.round(b[:, 1]), 0, height),
                         np.clip(np.round(b[:, 2]), 0, width), np.clip(np.round(b[:, 3]), 0, height)],
                        axis=1).astype(np.int64)
@@ -91,6 +100,8 @@ class QualityAssessor:
         self.analysis_width = analysis_width
         self.blur_half_variance = float(blur_half_variance)
         self.border_power = float(border_power)
+        self._fov_mask: np.ndarray | None = None     # the mask `_fov_table` was computed for
+        self._fov_table: np.ndarray | None = None
 
     def sharpness(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """0..1 per box from the variance of the Laplacian inside the (ungrown) box."""
@@ -103,24 +114,33 @@ class QualityAssessor:
         if scale < 1.0:
             gray = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
                               interpolation=cv2.INTER_AREA)
-        lap = cv2.Laplacian(gray, cv2.CV_32F, ksize=1)
-        sums, sq_sums = cv2.integral2(lap, sdepth=cv2.CV_64F, sqdepth=cv2.CV_64F)
         gh, gw = gray.shape
         s = b * scale
         xy = np.stack([np.clip(np.floor(s[:, 0]), 0, gw), np.clip(np.floor(s[:, 1]), 0, gh),
                        np.clip(np.ceil(s[:, 2]), 0, gw), np.clip(np.ceil(s[:, 3]), 0, gh)], axis=1).astype(np.int64)
-        n = (xy[:, 2] - xy[:, 0]) * (xy[:, 3] - xy[:, 1])
-        total = _box_sums(sums, xy)
-        total_sq = _box_sums(sq_sums, xy)
-        safe_n = np.maximum(n, 1)
-        variance = np.clip(total_sq / safe_n - (total / safe_n) ** 2, 0, None)
-        result = variance / (variance + self.blur_half_variance)
-        return np.where(n >= 4, result, 0.0)
+        result = np.zeros(len(b))
+        for i, (x1, y1, x2, y2) in enumerate(xy.tolist()):
+            if (x2 - x1) * (y2 - y1) < 4:
+                continue
+            # The 3x3 Laplacian of the box plus a one-pixel margin: inside the box the values are
+            # those of the whole frame's Laplacian (at the frame's edge the crop's border rule is
+            # the frame's), at a cost that grows with the box, not the frame.
+            mx1, my1, mx2, my2 = max(x1 - 1, 0), max(y1 - 1, 0), min(x2 + 1, gw), min(y2 + 1, gh)
+            lap = cv2.Laplacian(gray[my1:my2, mx1:mx2], cv2.CV_32F, ksize=1)
+            inner = lap[y1 - my1:y2 - my1, x1 - mx1:x2 - mx1].astype(np.float64)
+            variance = max(float(np.mean(inner * inner)) - float(np.mean(inner)) ** 2, 0.0)
+            result[i] = variance / (variance + self.blur_half_variance)
+        return result
 
     def assess(self, image: np.ndarray, boxes, scores=None, fov_mask: np.ndarray | None = None) -> BoxQuality:
         b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         height, width = image.shape[:2]
-        inside = inside_fraction(b, (width, height), fov_mask, self.box_grow)
+        table = None
+        if fov_mask is not None:
+            if fov_mask is not self._fov_mask:      # the pipeline hands the same mask until it re-estimates it
+                self._fov_mask, self._fov_table = fov_mask, fov_table(fov_mask)
+            table = self._fov_table
+        inside = inside_fraction(b, (width, height), fov_mask, self.box_grow, table=table)
         sharp = self.sharpness(image, b)
         image_quality = np.power(inside, self.border_power) * sharp
         conf = np.ones(len(b)) if scores is None else np.clip(np.asarray(scores, dtype=np.float64), 0, 1)

@@ -444,7 +444,8 @@ class LivePipeline:
         self.backend_name = self.model_info["backend"] or "none"
         self.latency = LatencyStats(self.config.runtime.stats_window)
         self.graph = StageGraph(self.analysis.stages(), sink=self._publish, policy="latest",
-                                latency=self.latency, on_error=self._analysis_failed)
+                                latency=self.latency, on_error=self._analysis_failed,
+                                nice=self.config.runtime.analysis_nice)
         self._board = _OverlayBoard()
         self.fps_in = FpsMeter()
         self.fps_out = FpsMeter()

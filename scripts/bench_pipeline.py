@@ -121,6 +121,7 @@ def new_writer(directory: Path, synthetic: bool, fps: float, config) -> Annotati
     directory.mkdir(parents=True)
     return AnnotationWriter(directory, render=True, mot=True, synthetic=synthetic, fps=fps,
                             thumb_size=config.output.thumbnail_size, crf=config.output.render_crf,
+                            preset=config.output.render_preset,
                             line_width=config.output.overlay_line_width)
 
 

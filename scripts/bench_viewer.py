@@ -222,7 +222,7 @@ def format_table(report: dict) -> str:
         ("GUI thread CPU per painted frame p50 / p99",
          f"{r['gui_thread_cpu_per_frame'].get('p50_ms', 0):.2f} / {r['gui_thread_cpu_per_frame'].get('p99_ms', 0):.2f} ms",
          "", ""),
-        ("display scaling CPU per frame p50 / p99 (display thread)",
+        ("display scaling CPU per frame p50 / p99 (capture thread)",
          f"{r['display_scaling_cpu_per_frame'].get('p50_ms', 0):.2f} / "
          f"{r['display_scaling_cpu_per_frame'].get('p99_ms', 0):.2f} ms", "", ""),
         ("annotation delay p50 / p99", f"{(r['annotation_delay'] or {}).get('p50_ms', 0):.1f} / "

@@ -91,8 +91,10 @@ def decode_times(path: Path) -> list[float]:
 
 
 def decode_images(path: Path) -> list[np.ndarray]:
+    """Every frame as RGB: PyAV's plain single-threaded decoder, the sources' colour conversion."""
+    from pipeline.sources.file import frame_to_rgb
     with av.open(str(path)) as c:
-        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        return [frame_to_rgb(f) for f in c.decode(video=0)]
 
 
 def tiny_sizer_bundle(tmp_path_factory) -> Path:

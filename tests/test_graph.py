@@ -1,6 +1,7 @@
 """Edges (latest-wins versus blocking), stages on threads, and latency statistics."""
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -131,6 +132,7 @@ def test_latency_percentiles_match_numpy():
         stats.add("x", float(v))
     s = stats.summary()["x"]
     assert s["p50_ms"] == pytest.approx(np.percentile(values, 50) * 1000)
+    assert s["p95_ms"] == pytest.approx(np.percentile(values, 95) * 1000)
     assert s["p99_ms"] == pytest.approx(np.percentile(values, 99) * 1000)
     assert s["max_ms"] == pytest.approx(values.max() * 1000) and s["count"] == 500
     small = LatencyStats(window=10)
@@ -173,3 +175,28 @@ def test_parallel_workers_overlap_and_keep_the_order():
     assert [it.n for it in out] == list(range(24))
     assert peak[0] == 3                              # three items really were in flight at once
     assert graph.stats()["latency"]["infer"]["count"] == 24
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are a Linux feature")
+def test_stage_threads_run_below_the_caller_when_asked():
+    import os
+
+    seen = []
+
+    def record(item):
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return item
+
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    for nice, expected in ((0, own), (5, min(19, own + 5))):
+        seen.clear()
+        graph = StageGraph([Stage("s", record)], sink=lambda it: None, policy="blocking", nice=nice)
+        graph.start()
+        graph.feed(Item(1))
+        graph.close_input()
+        graph.join(5.0)
+        assert seen == [expected]
+    # the calling thread keeps its own priority
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+    with pytest.raises(ValueError, match="nice"):
+        StageGraph([Stage("s", record)], sink=lambda it: None, policy="latest", nice=25)

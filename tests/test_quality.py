@@ -75,3 +75,39 @@ def test_empty_boxes_and_validation():
         QualityAssessor(box_grow=-1)
     with pytest.raises(ConfigError, match="blur_half_variance"):
         QualityAssessor(blur_half_variance=0)
+
+
+def _whole_frame_sharpness(gray: np.ndarray, boxes: np.ndarray, half_variance: float) -> np.ndarray:
+    """The definition: variance of the whole frame's Laplacian inside each box."""
+    lap = cv2.Laplacian(gray, cv2.CV_32F, ksize=1).astype(np.float64)
+    out = []
+    for x1, y1, x2, y2 in boxes:
+        inner = lap[y1:y2, x1:x2]
+        v = inner.var()
+        out.append(v / (v + half_variance))
+    return np.array(out)
+
+
+def test_per_box_laplacian_equals_the_whole_frame_one():
+    image = cv2.GaussianBlur(textured(seed=3), (0, 0), 1.2)
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    boxes = np.array([[100, 80, 160, 130],     # inside
+                      [0, 0, 40, 30],          # top-left corner: the frame's own border rule
+                      [290, 200, 320, 240],    # bottom-right corner
+                      [0, 100, 320, 120]])     # the full width
+    assessor = QualityAssessor(blur_half_variance=30.0)
+    np.testing.assert_allclose(assessor.sharpness(image, boxes), _whole_frame_sharpness(gray, boxes, 30.0),
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_fov_table_is_kept_for_the_same_mask_and_renewed_for_a_new_one():
+    image = textured()
+    fov = np.zeros((240, 320), bool)
+    fov[:, :160] = True
+    box = [[140, 100, 180, 140]]               # half inside the left-half FOV
+    assessor = QualityAssessor(box_grow=0.0, border_power=1.0)
+    assert assessor.assess(image, box, fov_mask=fov).inside[0] == pytest.approx(0.5)
+    assert assessor.assess(image, box, fov_mask=fov).inside[0] == pytest.approx(0.5)
+    moved = np.zeros((240, 320), bool)         # a re-estimated mask is a new array
+    moved[:, :150] = True
+    assert assessor.assess(image, box, fov_mask=moved).inside[0] == pytest.approx(10 / 40)

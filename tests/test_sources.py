@@ -35,6 +35,29 @@ def test_file_source_frames_and_timestamps(tmp_path):
     assert all(np.array_equal(a.image, b) for a, b in zip(frames, reference))
 
 
+def test_frame_to_rgb_matches_swscale_and_defers_to_it_for_other_colour_spaces(tmp_path):
+    import av
+
+    from pipeline.sources.file import frame_to_rgb
+
+    path = tmp_path / "colour.mp4"
+    write_clip(path, n=3, width=96, height=64)
+    with av.open(str(path)) as c:
+        frame = next(iter(c.decode(video=0)))
+    assert frame.format.name == "yuv420p"
+    fast, reference = frame_to_rgb(frame), frame.to_ndarray(format="rgb24")
+    assert fast.shape == reference.shape and fast.dtype == np.uint8 and fast.flags.c_contiguous
+    diff = np.abs(fast.astype(int) - reference)
+    # Same BT.601 limited-range matrix; only rounding and chroma interpolation differ.
+    assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 6, (diff.mean(), diff.max())
+    # A BT.709-tagged frame (HD content) and a full-range one go through swscale, which honours them.
+    planes = frame.to_ndarray()
+    for attribute, value in (("colorspace", 1), ("color_range", 2)):
+        tagged = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+        setattr(tagged, attribute, value)
+        assert np.array_equal(frame_to_rgb(tagged), tagged.to_ndarray(format="rgb24"))
+
+
 def test_variable_frame_rate_keeps_its_timestamps(tmp_path):
     times = [0.0, 0.1, 0.15, 0.4, 0.45, 0.5, 0.9, 1.0, 1.05, 1.3]
     path = tmp_path / "vfr.mp4"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 import av
+import cv2
 import numpy as np
 
 from trainer.errors import SourceError
@@ -26,7 +27,24 @@ def _ffmpeg_reason(exc: BaseException) -> str:
     return text.split(": '")[0].strip() or type(exc).__name__
 
 
+# Colour spaces whose conversion OpenCV's I420 -> RGB matches (BT.601, limited range): untagged
+# (FFmpeg then assumes BT.601 too), BT.470BG and SMPTE 170M.
+_BT601_COLORSPACES = (2, 5, 6)
+_FULL_RANGE = 2   # AVCOL_RANGE_JPEG
+
+
 def frame_to_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """The decoded frame as RGB uint8 HxWx3.
+
+    The common case (limited-range BT.601 yuv420p, what H.264 files and most streams carry) is
+    converted by OpenCV, about five times faster than swscale (1080p: ~1 ms instead of ~5 ms);
+    it agrees with swscale within rounding and chroma interpolation (mean absolute difference
+    under 1 grey level). Anything else (BT.709 tags, full-range MJPEG, other pixel formats) goes
+    through swscale, which honours the tags.
+    """
+    if frame.format.name == "yuv420p" and frame.colorspace in _BT601_COLORSPACES \
+            and frame.color_range != _FULL_RANGE and frame.width % 2 == 0 and frame.height % 2 == 0:
+        return cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2RGB_I420)
     image = frame.to_ndarray(format="rgb24")
     return image if image.flags.c_contiguous else np.ascontiguousarray(image)
 
