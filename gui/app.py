@@ -147,12 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     from PyQt6.QtCore import QTimer
     from PyQt6.QtWidgets import QApplication
 
+    from pipeline.runtime import share_cores_between_threads
+
     from .bridge import PipelineBridge
     from .window import ViewerOptions, ViewerWindow
 
     # The GUI thread must get the interpreter lock quickly while pipeline threads run Python
     # (tracking, smoothing): with the default 5 ms switch interval a paint can wait that long.
-    sys.setswitchinterval(0.001)
+    share_cores_between_threads()
     _route_qt_messages()
     app = QApplication.instance() or QApplication([PROG])
     app.setApplicationName(PROG)

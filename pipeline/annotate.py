@@ -39,7 +39,8 @@ from trainer.progress import Progress
 from .config import load_run_config, run_config_to_dict
 from .overlay import draw_overlay
 from .report import report_html, thin_indices
-from .runtime import GROUND_TRUTH_BOXES, Analysis, BoxProvider, build_analysis, default_bundle, run_offline
+from .runtime import (GROUND_TRUTH_BOXES, Analysis, BoxProvider, build_analysis, default_bundle, run_offline,
+                      share_cores_between_threads)
 from .sources import open_source, source_kind
 from .types import FrameResult, TrackReport
 
@@ -347,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = load_run_config(args.config, args.set)
     out = check_writable_dir(args.out)
+    share_cores_between_threads()
     boxes_list = args.boxes or []
     if boxes_list and boxes_list != [AUTO_BOXES] and len(boxes_list) != len(args.inputs):
         raise ConfigError(f"--boxes given {len(boxes_list)} times for {len(args.inputs)} inputs "

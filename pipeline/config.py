@@ -75,7 +75,7 @@ class SizeConfig:
     min_interval_frames: int = 1          # a track is sized at most every N analysed frames
     max_tracks_per_frame: int = 8         # batch size limit
     time_budget_ms: float = 0.0           # >0: size only as many tracks as fit (least recently sized first)
-    workers: int = 2                      # offline: frames sized concurrently (results stay in order)
+    workers: int = 1                      # offline: frames sized concurrently; >1 for a heavy sizer (own threads)
 
 
 @dataclass

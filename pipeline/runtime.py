@@ -15,6 +15,7 @@ Graph (docs/design.md): capture -> preprocess -> detect -> track -> size -> smoo
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -27,7 +28,7 @@ import numpy as np
 from trainer.errors import ConfigError, HagviewError, SourceError
 
 from .config import RunConfig, load_run_config, section_kwargs
-from .graph import EdgeClosed, FpsMeter, LatencyStats, Stage, StageGraph
+from .graph import EdgeClosed, FpsMeter, LatencyStats, Stage, StageGraph, chain
 from .quality import QualityAssessor
 from .sizing import CONCURRENT_BACKENDS, TrackSizingStage, sizing_policy
 from .smoothing import TrackSizer
@@ -44,7 +45,24 @@ DEFAULT_DETECTOR = ASSETS / "detector"
 GROUND_TRUTH_BOXES = "ground-truth"    # boxes= value: use the source's own ground truth (demo)
 
 __all__ = ["LivePipeline", "SourceStatus", "Analysis", "Work", "run_offline", "run_sequential",
-           "build_analysis", "load_run_config", "default_bundle", "GROUND_TRUTH_BOXES"]
+           "build_analysis", "load_run_config", "default_bundle", "share_cores_between_threads",
+           "GROUND_TRUTH_BOXES"]
+
+
+def share_cores_between_threads() -> None:
+    """Process settings for running the pipeline's threads (`hagview`, `hagview-annotate` and the
+    benchmarks that stand for them), called once by an entry point:
+    - a 1 ms interpreter switch interval (CPython's default is 5 ms): a thread coming back from
+      inference, decoding or painting waits at most that long for the GIL while another runs
+      Python (tracking, smoothing), instead of up to 5 ms;
+    - OpenCV without its own worker pool: the stages already run in parallel, and on a 2-core
+      machine cv2's helpers only take cores from them (a 1080p resize: 1.7 ms on one thread,
+      2.0 ms split over two busy cores).
+    """
+    import cv2
+
+    sys.setswitchinterval(0.001)
+    cv2.setNumThreads(1)
 
 
 def default_bundle(kind: str) -> Path | None:
@@ -221,6 +239,22 @@ class Analysis:
                 Stage("track", self.track), Stage("size", self.size, workers=size_workers),
                 Stage("smooth", self.smooth)]
 
+    def offline_threads(self, output: Stage) -> list[Stage]:
+        """The stages and `output` grouped onto threads for `run_offline`.
+
+        Detection (with the preprocessing that feeds it) gets a thread of its own; tracking,
+        sizing, smoothing and the output share a second one, so the two threads use two cores
+        with one hand-off per frame between them. A hand-off costs a queue, a wake-up and a GIL
+        hand-over, as much as a stage that takes a fraction of a millisecond: on the 2-core
+        machine of docs/results.md §4, one thread per stage ran at 0.71x the detector's rate
+        alone, these two at 0.78x. A stage given several workers (`detect.workers`, `size.workers`, for a
+        heavy model) keeps its own threads.
+        """
+        preprocess, detect, track, size, smooth = self.stages()
+        front = [chain([preprocess, detect])] if detect.workers == 1 else [preprocess, detect]
+        back = [chain([track, size, smooth, output])] if size.workers == 1 else [track, size, chain([smooth, output])]
+        return front + back
+
     def analyse(self, work: Work) -> Work:
         """All stages in one call (the sequential baseline and tests)."""
         for stage in self.stages():
@@ -314,7 +348,7 @@ def run_offline(source: VideoSource, analysis: Analysis, on_result: Callable[[Fr
             on_frame_done()
         return work
 
-    stages = analysis.stages() + [Stage("output", output)]
+    stages = analysis.offline_threads(Stage("output", output))
     failure: list[BaseException] = []
     graph = StageGraph(stages, sink=lambda work: None, policy="blocking", capacity=queue_capacity,
                        on_error=failure.append)

@@ -15,9 +15,11 @@ Live (a recording replayed as a paced 30 fps camera, looped, for --live-minutes)
   frames; the video may not), deepest queue per edge (<= 1), resident memory growth from
   /proc/self/status VmRSS after a warm-up (target < 50 MB).
 Accuracy (every synthetic video, with given boxes and, when a detector bundle exists, detected):
-  per-track MAE (final smoothed size) versus per-frame MAE (each sizer output), triclass accuracy
-  per frame and per track, class flips per 100 frames before (per-frame sizes) and after
-  (class shown with hysteresis) smoothing, and IDF1 / MOTA / ID switches (py-motmetrics).
+  per-track MAE (final smoothed size; unweighted, weighted by the track's frame count, and per
+  polyp: the track covering most of each ground-truth polyp's frames) versus per-frame MAE (each
+  sizer output), triclass accuracy per frame, track and polyp, tracks per polyp, class flips
+  per 100 frames before (per-frame sizes) and after (class shown with hysteresis) smoothing,
+  and IDF1 / MOTA / ID switches (py-motmetrics).
 
 Models: --sizer/--detector, else the committed demo bundles in pipeline/assets/bundles. With no
 sizer bundle at all an untrained hag_resnet18 (224 px, the demo architecture) is exported to the
@@ -26,6 +28,7 @@ Without a detector bundle the throughput runs use given boxes (the paper's setti
 
   .venv/bin/python scripts/bench_pipeline.py                          # ~8 minutes (5 min live)
   .venv/bin/python scripts/bench_pipeline.py --live-minutes 0.5 --seconds 10 --videos 1
+  .venv/bin/python scripts/bench_pipeline.py --only accuracy      # ~2 minutes, no timing parts
 Results: a table on stdout and JSON in bench-results/pipeline.json (--out).
 """
 from __future__ import annotations
@@ -54,7 +57,7 @@ from pipeline.annotate import AnnotationWriter  # noqa: E402
 from pipeline.config import load_run_config  # noqa: E402
 from pipeline.mot import MotBox, evaluate_mot, read_ground_truth_json  # noqa: E402
 from pipeline.runtime import (Analysis, BoxProvider, LivePipeline, Work, build_analysis,  # noqa: E402
-                              default_bundle, run_offline)
+                              default_bundle, run_offline, share_cores_between_threads)
 from pipeline.sizing import TrackSizingStage, sizing_policy  # noqa: E402
 from pipeline.smoothing import count_class_flips  # noqa: E402
 from pipeline.sources import FileSource  # noqa: E402
@@ -67,6 +70,7 @@ TARGET_VS_SLOWEST = 0.85
 TARGET_VS_SEQUENTIAL = 1.3
 TARGET_MEMORY_GROWTH_MB = 50.0
 STAGES = ("preprocess", "detect", "track", "size", "smooth")
+PARTS = ("offline", "live", "accuracy")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,8 +317,17 @@ def _iou(a, b) -> float:
 
 
 def accuracy_on(videos: list[tuple[Path, Path]], make_analysis, config) -> dict:
+    """Size and identity accuracy of one way of finding polyps over `videos` (mp4, gt.json).
+
+    Per-track figures use each track's final smoothed estimate against the polyp it covers most
+    often: unweighted (every track counts once, a 5-frame fragment as much as a 500-frame
+    track), weighted by the track's frame count, and per polyp (for each ground-truth polyp, the
+    track that covers most of its frames: the one figure a clinician reads off the report).
+    """
     frame_errors, frame_hits = [], []
-    track_errors, track_hits = [], []
+    track_errors, track_hits, track_frames = [], [], []
+    polyp_errors, polyp_hits, tracks_per_polyp = [], [], []
+    polyps_without_track = 0
     flips_raw = flips_smoothed = frames_counted = 0
     mot = []
     for video, gt_path in videos:
@@ -334,7 +347,9 @@ def accuracy_on(videos: list[tuple[Path, Path]], make_analysis, config) -> dict:
                     continue
                 best = max(truth, key=lambda g: _iou(g.box, t.box), default=None)
                 matched = best if best is not None and _iou(best.box, t.box) >= 0.5 else None
-                track = per_track.setdefault(t.track_id, {"votes": {}, "raw": [], "shown": [], "estimate": None})
+                track = per_track.setdefault(t.track_id, {"votes": {}, "raw": [], "shown": [], "estimate": None,
+                                                          "frames": 0})
+                track["frames"] += 1
                 if t.estimate is not None:
                     track["estimate"] = t.estimate
                 if t.frame_size_mm is not None:
@@ -356,6 +371,18 @@ def accuracy_on(videos: list[tuple[Path, Path]], make_analysis, config) -> dict:
                 truth_mm = gt.diameters_mm[polyp]
                 track_errors.append(abs(track["estimate"].size_mm - truth_mm))
                 track_hits.append(triclass_index(track["estimate"].size_mm) == triclass_index(truth_mm))
+                track_frames.append(track["frames"])
+        seen_polyps = {g.polyp_id for boxes in gt.frames.values() for g in boxes}
+        for polyp in sorted(seen_polyps):
+            covering = {tid: tr["votes"][polyp] for tid, tr in per_track.items() if tr["votes"].get(polyp)}
+            tracks_per_polyp.append(len(covering))
+            best = max(covering, key=covering.get, default=None)
+            if best is None or per_track[best]["estimate"] is None:
+                polyps_without_track += 1
+                continue
+            truth_mm = gt.diameters_mm[polyp]
+            polyp_errors.append(abs(per_track[best]["estimate"].size_mm - truth_mm))
+            polyp_hits.append(triclass_index(per_track[best]["estimate"].size_mm) == triclass_index(truth_mm))
         mot.append(evaluate_mot(gt.boxes(), hyps, frames=range(len(results))))
 
     def mean(values):
@@ -364,8 +391,14 @@ def accuracy_on(videos: list[tuple[Path, Path]], make_analysis, config) -> dict:
     return {
         "videos": len(videos),
         "per_frame_mae_mm": mean(frame_errors), "per_track_mae_mm": mean(track_errors),
+        "per_track_mae_frame_weighted_mm": float(np.average(track_errors, weights=track_frames))
+        if track_errors else None,
+        "per_polyp_mae_mm": mean(polyp_errors),
         "per_frame_triclass_accuracy": mean(frame_hits), "per_track_triclass_accuracy": mean(track_hits),
+        "per_polyp_triclass_accuracy": mean(polyp_hits),
         "sized_frames": len(frame_errors), "tracks_scored": len(track_errors),
+        "polyps": len(tracks_per_polyp), "polyps_without_track": polyps_without_track,
+        "tracks_per_polyp": mean(tracks_per_polyp),
         "class_flips_per_100_frames_per_frame_sizes": 100.0 * flips_raw / frames_counted if frames_counted else None,
         "class_flips_per_100_frames_smoothed": 100.0 * flips_smoothed / frames_counted if frames_counted else None,
         "idf1_mean": mean([m["idf1"] for m in mot if m["idf1"] is not None]),
@@ -411,11 +444,15 @@ def main() -> int:
     p.add_argument("--config", help="run config YAML")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--live-minutes", type=float, default=5.0)
-    p.add_argument("--skip", nargs="*", default=[], choices=["offline", "live", "accuracy"])
+    p.add_argument("--skip", nargs="*", default=[], choices=PARTS)
+    p.add_argument("--only", nargs="+", choices=PARTS, help="run only these parts (e.g. --only accuracy)")
     p.add_argument("--out", default=str(ROOT / "bench-results" / "pipeline.json"))
     args = p.parse_args()
+    if args.only:
+        args.skip = [part for part in PARTS if part not in args.only]
 
     config = load_run_config(args.config, {"runtime.inference_threads": args.threads})
+    share_cores_between_threads()       # as hagview-annotate does
     args.sizer_bundle = args.sizer or default_bundle("sizer")
     sizer_note = "given" if args.sizer else "committed demo bundle"
     if args.sizer_bundle is None:
@@ -498,7 +535,10 @@ def print_table(r: dict) -> None:
                   f"{_fmt(lv['rss_growth_mb'], 1)} {'ok' if lv['pass_memory'] else 'ABOVE'}")]
     for kind, a in r.get("accuracy", {}).items():
         rows += [(f"accuracy ({kind})", "per-frame MAE mm", _fmt(a["per_frame_mae_mm"])),
-                 (f"accuracy ({kind})", "per-track MAE mm", _fmt(a["per_track_mae_mm"])),
+                 (f"accuracy ({kind})", "per-track MAE mm unweighted / frame-weighted / per polyp",
+                  f"{_fmt(a['per_track_mae_mm'])} / {_fmt(a.get('per_track_mae_frame_weighted_mm'))} / "
+                  f"{_fmt(a.get('per_polyp_mae_mm'))}"),
+                 (f"accuracy ({kind})", "tracks per polyp", _fmt(a.get("tracks_per_polyp"))),
                  (f"accuracy ({kind})", "triclass acc. per frame / per track",
                   f"{_fmt(a['per_frame_triclass_accuracy'])} / {_fmt(a['per_track_triclass_accuracy'])}"),
                  (f"accuracy ({kind})", "class flips /100 frames raw -> smoothed",

@@ -116,7 +116,8 @@ def run_viewer(video: Path, *, sizer, detector, boxes, backend: str, window_size
     from gui.window import ViewerOptions, ViewerWindow
     from pipeline.config import load_run_config
 
-    sys.setswitchinterval(0.001)        # as gui.app.main does
+    from pipeline.runtime import share_cores_between_threads
+    share_cores_between_threads()       # as gui.app.main does
     app = QApplication.instance() or QApplication(["hagview-bench"])
     apply_dark_theme(app)
     config = load_run_config(None, overrides)

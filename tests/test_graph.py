@@ -200,3 +200,34 @@ def test_stage_threads_run_below_the_caller_when_asked():
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
     with pytest.raises(ValueError, match="nice"):
         StageGraph([Stage("s", record)], sink=lambda it: None, policy="latest", nice=25)
+
+
+def test_chained_stages_share_a_thread_and_keep_their_own_timings():
+    from pipeline.graph import chain
+
+    threads = []
+
+    def step(name, drop=None):
+        def process(item):
+            threads.append((name, threading.get_ident()))
+            return None if item.n == drop else item
+        return Stage(name, process)
+
+    out = []
+    fused = chain([step("a"), chain([step("b", drop=2), step("c")])])
+    assert fused.name == "a+b+c" and [p.name for p in fused.parts] == ["a", "b", "c"]
+    graph = StageGraph([fused], sink=out.append, policy="blocking")
+    graph.start()
+    for n in range(4):
+        graph.feed(Item(n))
+    graph.close_input()
+    graph.join(5.0)
+    assert [item.n for item in out] == [0, 1, 3]                 # item 2 stopped at b
+    assert len({ident for _, ident in threads}) == 1              # one thread for all three
+    assert [name for name, _ in threads].count("c") == 3
+    assert all(["a", "b", "c"] == [k for k in item.stamps if k in "abc"] for item in out)
+    latency = graph.stats()["latency"]
+    assert latency["a"]["count"] == 4 and latency["b"]["count"] == 4 and latency["c"]["count"] == 3
+    assert set(graph.stats()["edges"]) == {"in:a+b+c"}
+    with pytest.raises(ValueError, match="several workers"):
+        chain([step("x"), Stage("y", lambda item: item, workers=2)])

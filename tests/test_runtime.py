@@ -170,12 +170,29 @@ def test_offline_equals_the_sequential_loop(clip, sizer):
     stats = run_offline(FileSource(clip), analysis(), piped.append, queue_capacity=2)
     assert run_sequential(FileSource(clip), analysis(), plain.append) == 20
     assert [r.frame.index for r in piped] == list(range(20)) and stats["frames_out"] == 20
-    assert stats["edges"]["in:size"]["max_depth"] <= 2
+    # Two threads, one bounded edge before each; every stage still timed under its own name.
+    assert set(stats["edges"]) == {"in:preprocess+detect", "in:track+size+smooth+output"}
+    assert all(edge["max_depth"] <= 2 and edge["policy"] == "blocking" for edge in stats["edges"].values())
+    assert all(stats["latency"][name]["count"] == 20 for name in ("preprocess", "detect", "track", "size", "smooth",
+                                                                   "output"))
     for a, b in zip(piped, plain):
         assert [(t.track_id, t.box, t.frame_size_mm) for t in a.tracks] == \
                [(t.track_id, t.box, t.frame_size_mm) for t in b.tracks]
         assert [t.estimate for t in a.tracks] == [t.estimate for t in b.tracks]
     assert sum(1 for r in piped for t in r.tracks if t.frame_size_mm is not None) >= 15
+
+
+def test_offline_threads_keep_multi_worker_stages_apart(clip, sizer):
+    from pipeline.graph import Stage
+
+    def plan(overrides):
+        config = load_run_config(None, overrides)
+        analysis = Analysis(config, boxes=BoxProvider(clip.with_name("replay.gt.json")),
+                            sizer=TrackSizingStage.from_bundle(sizer, backend="onnxruntime"))
+        return [(stage.name, stage.workers) for stage in analysis.offline_threads(Stage("output", lambda w: w))]
+
+    assert plan([]) == [("preprocess+detect", 1), ("track+size+smooth+output", 1)]
+    assert plan(["size.workers=2"]) == [("preprocess+detect", 1), ("track", 1), ("size", 2), ("smooth+output", 1)]
 
 
 def test_sizing_policy_round_robin_under_a_budget():

@@ -235,3 +235,105 @@ def test_update_accepts_a_frame():
     assert tracks[0].last_seen_time == pytest.approx(14 / FPS)
     with pytest.raises(ValueError, match="time_s"):
         tracker.update([], 20)
+
+
+# -- fragmentation causes found on the synthetic videos (scope swings, returns, tiny boxes) --------
+
+def pair_scene(dx, dy, frames, kind=("striped", "striped")):
+    """Two polyps side by side, drifting right; the whole view offset by (dx, dy)."""
+    return [[(kind[0], 100 + dx + i, 120 + dy, 18), (kind[1], 170 + dx + i, 140 + dy, 18)] for i in frames]
+
+
+def test_swing_away_and_back_keeps_both_ids_by_their_layout():
+    # Both polyps leave together (the scope swings away) for 40 frames and come back 50 px
+    # right and 30 px up. Without images (no appearance) only their relative layout can tell
+    # which is which; lookalikes side by side must neither swap nor get new ids.
+    scenes = pair_scene(0, 0, range(20)) + [[] for _ in range(40)] + pair_scene(50, -30, range(60, 80))
+    ids, outputs = run(Tracker(), scenes, with_image=False)
+    assert {f[0] for f in ids[2:20]} == {1} and {f[1] for f in ids[2:20]} == {2}
+    assert {f[0] for f in ids[62:80]} == {1} and {f[1] for f in ids[62:80]} == {2}
+    assert all(t.reidentified for t in outputs[62] if t.confirmed)
+    off, _ = run(Tracker(layout_tolerance=0.0), scenes, with_image=False)
+    assert {f[0] for f in off[62:80]} == {3} and {f[1] for f in off[62:80]} == {4}
+
+
+def test_swing_within_view_keeps_both_ids_on_the_jump_frame():
+    # The view jumps by 130 px (over three box widths, beyond the centre gate) between two
+    # frames and stays there: the common displacement of both boxes carries the tracks across.
+    scenes = pair_scene(0, 0, range(15)) + pair_scene(130, 40, range(15, 30))
+    ids, _ = run(Tracker(), scenes, with_image=False)
+    assert [f for f in ids[2:]] == [[1, 2]] * 28
+    broken, _ = run(Tracker(layout_tolerance=0.0), scenes, with_image=False)
+    assert broken[15] == [None, None] and {f[0] for f in broken[17:]} == {3}
+
+
+def test_returning_polyp_placed_by_the_one_that_stayed():
+    # Polyp 2 leaves for 40 frames while polyp 1 stays in view; the scope pans meanwhile. Polyp
+    # 2 comes back where it sits relative to polyp 1: it takes back id 2 without any appearance.
+    scenes = []
+    for i in range(80):
+        pan = 2.0 * i
+        objects = [("striped", 80 + pan, 120, 18)]
+        if not 20 <= i < 60:
+            objects.append(("striped", 150 + pan, 150, 18))
+        scenes.append(objects)
+    ids, _ = run(Tracker(), scenes, with_image=False)
+    assert {f[0] for f in ids[2:]} == {1}
+    assert {f[1] for f in ids[62:80]} == {2}
+    off, _ = run(Tracker(layout_tolerance=0.0), scenes, with_image=False)
+    assert {f[1] for f in off[62:80]} == {3}
+
+
+def test_tiny_jittery_box_keeps_its_id_through_the_gate_floor():
+    # A far-away polyp 6 px across whose box jitters by 6 px: in its own diagonals (8.5 px)
+    # the jumps fall outside the gates, so without the floor (min_gate_px) every frame starts
+    # a new tentative track and the polyp is never confirmed.
+    jitter = [(0, 0), (6, 0), (0, 6), (6, 6), (0, 0), (6, 3)] * 5
+    boxes = [(200.0 + x, 100.0 + y, 206.0 + x, 106.0 + y) for x, y in jitter]
+
+    def ids_for(tracker):
+        out = []
+        for i, box in enumerate(boxes):
+            tracks = tracker.update([Detection(box, 0.9)], i, i / FPS)
+            out.append(next((t.id for t in tracks if t.missed == 0 and t.confirmed), None))
+        return out
+    assert ids_for(Tracker()) == [None, None] + [1] * 28
+    assert ids_for(Tracker(min_gate_px=0.0)) == [None] * 30
+
+
+def test_appearance_learnt_only_from_whole_views():
+    # A sliver at the image edge shows the border, not the polyp: it must not become the
+    # appearance a later re-identification compares with.
+    rng = np.random.default_rng(3)
+    tracker = Tracker(min_hits=1)
+    img = background(rng)
+    box = draw_polyp(img, "striped", 100, 100, 20)
+    tracker.update([Detection(box, 0.9)], 0, 0.0, img)
+    learnt = tracker._active[0].appearance
+    edge = background(rng)
+    tracker.update([Detection((0.0, 90.0, 6.0, 130.0), 0.9)], 1, 1 / FPS, edge)
+    assert tracker._active[0].appearance is learnt
+
+
+def test_synthetic_video_with_given_boxes_reaches_idf1_bar():
+    """End to end on the generator's own video (320x240, 8 s, three scope swings, polyps that
+    leave and return, slivers at the view's edge) with its ground-truth boxes: the paper's
+    setting. Measured: seeds 3 and 5 give IDF1 0.83 and 0.89 (mean 0.86); the tracker before
+    the layout re-identification gave 0.49 and 0.50."""
+    from dataclasses import replace
+
+    from pipeline.mot import MotBox, evaluate_mot, tracks_to_mot
+    from trainer.synth import SyntheticVideo, load_synth_config
+
+    cfg = replace(load_synth_config(preset="demo"), width=320, height=240, fps=30.0, seconds=8.0)
+    scores = []
+    for seed in (3, 5):
+        video = SyntheticVideo(cfg, seed=seed)
+        assert len(video.swings) >= 2
+        tracker, truth, hyp = Tracker(), {}, {}
+        for f in video.frames():
+            truth[f.index] = [MotBox(g.polyp_id, g.box) for g in f.polyps]
+            tracks = tracker.update([Detection(g.box, 1.0) for g in f.polyps], f.index, f.time, f.image)
+            hyp[f.index] = tracks_to_mot(tracks)
+        scores.append(evaluate_mot(truth, hyp)["idf1"])
+    assert np.mean(scores) >= 0.75 and min(scores) >= 0.7, scores
