@@ -1,10 +1,12 @@
 """The committed demo detector finds the polyps of fresh synthetic videos.
 
 Fresh = rendered here from seeds that `scripts/train_demo_detector.sh` did not train on, with
-the same generator settings. Scored with the project's detection metrics at IoU 0.5.
+the same generator settings. Scored with the project's detection metrics at IoU 0.5,
+boxes the data marks difficult excused (VOC).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +16,17 @@ from pipeline.detecting import PolypDetector
 from trainer.data.fov import FovMaskCache
 from trainer.detection_metrics import FrameDetections, detection_metrics
 
-BUNDLE = Path(__file__).resolve().parents[1] / "pipeline" / "assets" / "bundles" / "detector"
-TRAINING_RUN_SEED, TRAINING_VIDEOS = 11, 32           # scripts/train_demo_detector.sh
+# HAGVIEW_DEMO_DETECTOR_BUNDLE: check a freshly trained bundle before it replaces the committed one
+BUNDLE = Path(os.environ.get("HAGVIEW_DEMO_DETECTOR_BUNDLE")
+              or Path(__file__).resolve().parents[1] / "pipeline" / "assets" / "bundles" / "detector")
+TRAINING_RUN_SEED, TRAINING_VIDEOS = 11, 48           # scripts/train_demo_detector.sh
 FRESH_SEEDS = (90101, 90102)
-# A polyp box counts as findable when at least half of the polyp is in view and the box is at
-# least 16 px on its short side (5% of the 320 px frame width; 32 px on a 640x480 frame):
-# smaller ones are far down the lumen, a few blurred pixels, and too small to size anyway.
-# The metrics over every box are computed too and printed with any failure.
-MIN_VISIBLE_FRACTION = 0.5
-MIN_SIDE_PX = 16.0
+# Boxes the data marks difficult (trainer.synth.difficulty: under half the polyp in view, or a
+# short side under 5% of the frame width, i.e. far down the lumen) count neither as hits nor as
+# misses (VOC), as in training and validation. The figures over every box are printed with
+# any failure.
+MIN_RECALL = 0.8
+MIN_PRECISION_ALL_BOXES = 0.6
 
 pytestmark = pytest.mark.skipif(not (BUNDLE / "bundle.json").is_file(),
                                 reason=f"demo detector bundle is absent ({BUNDLE}); "
@@ -45,7 +49,7 @@ def test_demo_bundle_is_a_small_synthetic_detector(bundle):
 
 
 def test_demo_detector_finds_the_polyps_of_fresh_videos(bundle):
-    from trainer.synth import SynthConfig, SyntheticVideo
+    from trainer.synth import SynthConfig, SyntheticVideo, is_difficult_box
     from trainer.synth.config import PolypConfig
     from trainer.synth.writer import video_seed
 
@@ -55,30 +59,27 @@ def test_demo_detector_finds_the_polyps_of_fresh_videos(bundle):
                       polyps=PolypConfig(min_count=2, max_count=3))
     detector = PolypDetector(bundle, score_threshold=0.3, backend="onnxruntime")
     fov_cache = FovMaskCache()
-    frames, findable_frames = [], []
+    frames = []
     for seed in FRESH_SEEDS:
         video = SyntheticVideo(cfg, seed=seed, name=f"fresh-{seed}")
         for frame in video.frames():
             found = detector.detect(frame.image, fov_cache.get(video.name, frame.image))
-            boxes = np.array([d.box for d in found]).reshape(-1, 4)
-            scores = np.array([d.score for d in found])
             gt = frame.polyps
-            frames.append(FrameDetections(video.name, frame.index, [p.box for p in gt],
-                                          [f"{video.name}_{p.polyp_id}" for p in gt], boxes, scores))
-            findable = [p for p in gt if p.visible_fraction >= MIN_VISIBLE_FRACTION
-                        and min(p.box[2] - p.box[0], p.box[3] - p.box[1]) >= MIN_SIDE_PX]
-            findable_frames.append(FrameDetections(
-                video.name, frame.index, [p.box for p in findable],
-                [f"{video.name}_{p.polyp_id}" for p in findable], boxes, scores))
-    assert sum(len(f.gt_boxes) for f in findable_frames) >= 100
-    findable = detection_metrics(findable_frames, cfg.fps, iou_threshold=0.5, score_threshold=0.3)
-    everything = detection_metrics(frames, cfg.fps, iou_threshold=0.5, score_threshold=0.3)
-    summary = (f"findable boxes: recall {findable['recall']:.3f}; all boxes: recall {everything['recall']:.3f}, "
-               f"precision {everything['precision']:.3f}, AP50 {everything['ap50']:.3f}, "
-               f"FP/100 frames {everything['fp_per_100_frames']:.1f}, "
-               f"polyps found {everything['polyps_detected']:.0f}/{everything['polyps']:.0f}")
-    assert findable["recall"] >= 0.8, summary
-    assert findable["polyp_detection_rate"] == 1.0, summary
-    # recall is not bought with false alarms: at most one reported box in two is false
-    # (precision over every box the detector reports, matched against every ground-truth box)
-    assert everything["precision"] >= 0.45, summary
+            frames.append(FrameDetections(
+                video.name, frame.index, [p.box for p in gt], [f"{video.name}_{p.polyp_id}" for p in gt],
+                np.array([d.box for d in found]).reshape(-1, 4), np.array([d.score for d in found]),
+                gt_difficult=[is_difficult_box(p.box, p.visible_fraction, cfg.width) for p in gt]))
+    m = detection_metrics(frames, cfg.fps, iou_threshold=0.5, score_threshold=0.3)
+    assert m["gt_boxes"] >= 100, f"only {m['gt_boxes']:.0f} boxes are not difficult"
+    summary = (f"boxes not difficult ({m['gt_boxes']:.0f}): recall {m['recall']:.3f}, precision "
+               f"{m['precision']:.3f}, AP50 {m['ap50']:.3f}, FP/100 frames {m['fp_per_100_frames']:.1f}, "
+               f"polyps found {m['polyps_detected']:.0f}/{m['polyps']:.0f}; every box "
+               f"({m['gt_boxes_all']:.0f}): recall {m['recall_all_boxes']:.3f}, precision "
+               f"{m['precision_all_boxes']:.3f}, AP50 {m['ap50_all_boxes']:.3f}, "
+               f"FP/100 frames {m['fp_per_100_frames_all_boxes']:.1f}")
+    print(summary)
+    assert m["recall"] >= MIN_RECALL, summary
+    assert m["polyp_detection_rate"] == 1.0, summary
+    # recall is not bought with false alarms: at most two reported boxes in five are false, even
+    # when detections on difficult boxes are counted (matched against every ground-truth box)
+    assert m["precision_all_boxes"] >= MIN_PRECISION_ALL_BOXES, summary

@@ -220,3 +220,155 @@ def test_task_training_step_and_evaluation(synthetic_frames):
     meta = task.checkpoint_metadata()
     assert meta["kind"] == "detector" and meta["input_spec"]["size"] == SIZE
     assert meta["input_spec"]["letterbox"] is True
+
+
+# ---------------------------------------------------------------------------------------- difficult boxes
+
+def test_difficult_rule_half_visible_and_five_percent_of_the_width():
+    from trainer.synth.difficulty import is_difficult_box
+
+    # 320 px frame: 16 px short side is the limit; visible fraction 0.5 is the limit
+    assert not is_difficult_box((10, 10, 26, 40), 0.5, 320)
+    assert is_difficult_box((10, 10, 25.9, 40), 1.0, 320)          # short side 15.9 px
+    assert is_difficult_box((10, 10, 60, 60), 0.49, 320)           # under half in view
+    assert not is_difficult_box((10, 10, 42, 42), 1.0, 640)        # 32 px on a 640 px frame
+    assert is_difficult_box((10, 10, 40, 80), 1.0, 640)            # 30 px on a 640 px frame
+
+
+def test_writer_flags_difficult_boxes_and_the_reader_reads_them(tmp_path):
+    import json
+
+    from trainer.data.realcolon import read_realcolon
+    from trainer.synth import SynthConfig, generate_dataset, is_difficult_box
+    from trainer.synth.config import PolypConfig
+
+    cfg = SynthConfig(width=160, height=120, fps=10.0, seconds=3.0, polyps=PolypConfig(min_count=2, max_count=3))
+    (name,) = generate_dataset(tmp_path / "d", cfg, videos=1, seed=5, progress=False)
+    truth = json.loads((tmp_path / "d" / f"{name}.gt.json").read_text())
+    expected = {}
+    for frame in truth["frames"]:
+        for polyp in frame["polyps"]:
+            assert polyp["difficult"] == is_difficult_box(polyp["box"], polyp["visible_fraction"], 160)
+            expected[frame["index"], f"{name}_{polyp['id']}"] = polyp["difficult"]
+    flags = list(expected.values())
+    assert any(flags) and not all(flags), "the clip should show both kinds of box"
+    index = read_realcolon(tmp_path / "d", verify_images=False)
+    read = {(f.frame_index, b.polyp_id): b.difficult for f in index.frames for b in f.boxes}
+    assert read == {k: v for k, v in expected.items() if k in read}
+    assert len(read) >= len(expected) - 2          # the reader only drops boxes under 2 px
+
+
+def test_realcolon_reader_difficult_defaults_to_zero_and_bad_values_are_named(fixtures_dir, tmp_path):
+    import shutil
+
+    from trainer.data.realcolon import read_realcolon
+
+    root = tmp_path / "rc"
+    shutil.copytree(fixtures_dir / "realcolon_mini", root)
+    assert not any(b.difficult for f in read_realcolon(root).frames for b in f.boxes)  # no field: 0
+    xml = root / "001-001_annotations" / "001-001_1.xml"
+    text = xml.read_text()
+    xml.write_text(text.replace("<box_id>1</box_id>", "<box_id>1</box_id><difficult>1</difficult>"))
+    frames = {f.frame_index: f for f in read_realcolon(root).frames if f.video == "001-001"}
+    assert [b.difficult for b in frames[1].boxes] == [True]
+    assert not any(b.difficult for i, f in frames.items() if i != 1 for b in f.boxes)
+    xml.write_text(text.replace("<box_id>1</box_id>", "<box_id>1</box_id><difficult>maybe</difficult>"))
+    index = read_realcolon(root)
+    assert any(s.file.endswith("001-001_1.xml") and "difficult is 'maybe'" in s.reason for s in index.skipped)
+
+
+def test_difficult_box_is_an_ignore_region_in_the_targets():
+    from trainer.data.detection import centernet_targets
+
+    normal = [16, 16, 48, 48]           # centre (32, 32) -> cell (4, 4) at stride 8
+    hard = [72, 64, 104, 96]            # cells x 9..12, y 8..11
+    t = centernet_targets(np.array([normal, hard], float), 128, 8, difficult=np.array([False, True]))
+    plain = centernet_targets(np.array([normal], float), 128, 8)
+    # the normal box gets exactly the target it gets alone; the difficult one no peak, no regression
+    for key in ("heatmap", "wh", "offset", "reg_weight"):
+        assert np.array_equal(t[key], plain[key]), key
+    assert np.argwhere(t["heatmap"][0] == 1.0).tolist() == [[4, 4]]
+    ignored = t["heatmap_weight"][0] == 0
+    expected = np.zeros((16, 16), bool)
+    expected[8:12, 9:13] = True
+    assert np.array_equal(ignored, expected)
+    assert np.all(plain["heatmap_weight"] == 1.0)
+    # a difficult box smaller than a cell still blanks the cell holding its centre
+    tiny = centernet_targets(np.array([[33, 41, 37, 45]], float), 128, 8, difficult=np.array([True]))
+    assert np.argwhere(tiny["heatmap_weight"][0] == 0).tolist() == [[5, 4]]
+    assert tiny["heatmap"].max() == 0 and tiny["reg_weight"].max() == 0
+    with pytest.raises(ValueError, match="1 difficult flags for 2 boxes"):
+        centernet_targets(np.array([normal, hard], float), 128, 8, difficult=np.array([True]))
+
+
+def test_focal_loss_ignores_the_masked_cells():
+    from trainer.data.detection import centernet_targets
+    from trainer.tasks.detector import focal_heatmap_loss
+
+    t = centernet_targets(np.array([[16, 16, 48, 48], [72, 64, 104, 96]], float), 128, 8,
+                          difficult=np.array([False, True]))
+    target = torch.from_numpy(t["heatmap"])[None]
+    weight = torch.from_numpy(t["heatmap_weight"])[None]
+    logits = torch.full_like(target, -3.0)
+    firing = logits.clone()
+    firing[0, 0, 8:12, 9:13] = 4.0               # confident detections inside the difficult box
+    base = focal_heatmap_loss(logits, target, cell_weight=weight)
+    assert torch.isclose(focal_heatmap_loss(firing, target, cell_weight=weight), base)
+    assert focal_heatmap_loss(firing, target) > base + 1.0     # unmasked, they are punished
+
+
+def test_detection_dataset_draws_frames_with_only_difficult_boxes_as_negatives():
+    from trainer.data.detection import DetectionDataset
+    from trainer.data.records import BoxAnnotation, FrameRecord
+    from trainer.prep import DetectorInputSpec
+
+    def frame(i, *boxes):
+        return FrameRecord(f"/nowhere/{i}.jpg", "v", i, (128, 128), tuple(boxes))
+
+    frames = [frame(0, BoxAnnotation((10, 10, 40, 40), "v_1")),
+              frame(1, BoxAnnotation((10, 10, 40, 40), "v_1"), BoxAnnotation((60, 60, 64, 64), "v_2", True)),
+              frame(2, BoxAnnotation((60, 60, 64, 64), "v_2", True)),
+              frame(3)]
+    data = DetectionDataset(frames, DetectorInputSpec(size=128), 8, positives_per_polyp=None)
+    assert [f.frame_index for f in data.positives] == [0, 1]
+    assert [f.frame_index for f in data.negatives] == [2, 3]
+    assert data.polyp_ids == ["v_1", "v_2"]
+
+
+def test_metrics_follow_voc_for_difficult_boxes():
+    normal, hard = [10, 10, 50, 50], [100, 100, 110, 110]
+
+    def frame(index, boxes, scores):
+        return FrameDetections("v", index, np.array([normal, hard], float), ["v_1", "v_2"],
+                               np.array(boxes, float).reshape(-1, 4), np.array(scores, float),
+                               gt_difficult=[False, True])
+
+    frames = [frame(0, [normal, hard, hard], [0.9, 0.8, 0.7]),   # hit; two detections on the difficult box
+              frame(1, [[200, 200, 230, 230]], [0.6]),            # normal missed, one false positive
+              frame(2, [], [])]                                   # both missed
+    m = detection_metrics(frames, 10.0, score_threshold=0.3)
+    # VOC: difficult boxes are neither hits nor misses, detections on them are not false positives
+    assert m["gt_boxes"] == 3 and m["gt_boxes_all"] == 6
+    assert math.isclose(m["recall"], 1 / 3)
+    assert math.isclose(m["precision"], 1 / 2)                    # the hit and the false positive
+    assert math.isclose(m["fp_per_100_frames"], 100 / 3)
+    assert m["polyps"] == 1 and m["polyp_detection_rate"] == 1.0  # v_2 is only ever difficult
+    assert frames[0].ignored.tolist() == [False, True, True] and frames[0].matched_gt.tolist() == [0, -1, -1]
+    # every box: the difficult box is found once (the duplicate is false), missed twice
+    assert math.isclose(m["recall_all_boxes"], 2 / 6)
+    assert math.isclose(m["precision_all_boxes"], 2 / 4)
+    assert math.isclose(m["fp_per_100_frames_all_boxes"], 200 / 3)
+    assert m["polyp_detection_rate_all_boxes"] == 1.0
+    # AP: ranked hit (0.9), false (0.6) over 3 boxes -> 1/3; all boxes: 0.9 T, 0.8 T, 0.7 F, 0.6 F -> 2/6
+    assert math.isclose(m["ap50"], 1 / 3) and math.isclose(m["ap50_all_boxes"], 2 / 6)
+
+
+def test_a_detection_prefers_the_normal_box_over_an_overlapping_difficult_one():
+    normal, hard = [10, 10, 50, 50], [12, 10, 50, 50]
+    frames = [FrameDetections("v", 0, np.array([hard, normal], float), ["v_2", "v_1"],
+                              np.array([[11, 10, 50, 50]], float), np.array([0.9]), gt_difficult=[True, False])]
+    m = detection_metrics(frames, 10.0)
+    assert m["recall"] == 1.0 and m["precision"] == 1.0
+    with pytest.raises(ValueError, match="1 difficult flags for 2 ground-truth boxes"):
+        FrameDetections("v", 0, np.array([hard, normal], float), ["a", "b"], np.zeros((0, 4)), [],
+                        gt_difficult=[True])

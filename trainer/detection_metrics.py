@@ -11,6 +11,12 @@ Matching is per frame, greedy by score: a detection is a true positive when its 
 still-unmatched ground-truth box is at least the threshold. Because higher-scoring detections
 are matched first, a detection's status does not depend on the score threshold, so one
 matching serves every operating point.
+
+Difficult boxes (Pascal VOC's flag, `trainer.synth.difficulty`: under half the polyp in view
+or a short side under 5% of the frame width) follow VOC: they count neither as hits nor as
+misses, and a detection overlapping one (IoU >= threshold) that matches no normal box is
+ignored, not a false positive. The same figures over every box (difficult ones counted as
+normal boxes) are reported beside them with the suffix `_all_boxes`, so nothing is hidden.
 """
 from __future__ import annotations
 
@@ -29,19 +35,27 @@ class FrameDetections:
     gt_ids: Sequence[str]                      # K polyp ids (unique across videos)
     boxes: np.ndarray                          # (M,4) xyxy
     scores: np.ndarray                         # (M,)
+    gt_difficult: np.ndarray | None = None     # (K,) bool, VOC's flag; None: no box is difficult
     matched_gt: np.ndarray = field(init=False)  # (M,) index into gt_boxes or -1
+    ignored: np.ndarray = field(init=False)     # (M,) True: matched only a difficult box
 
     def __post_init__(self) -> None:
         self.gt_boxes = np.asarray(self.gt_boxes, dtype=np.float64).reshape(-1, 4)
         self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
         self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
+        self.gt_difficult = (np.zeros(len(self.gt_boxes), dtype=bool) if self.gt_difficult is None
+                             else np.asarray(self.gt_difficult, dtype=bool).reshape(-1))
         if len(self.gt_ids) != len(self.gt_boxes):
             raise ValueError(f"{self.video} frame {self.frame_index}: {len(self.gt_ids)} ids "
                              f"for {len(self.gt_boxes)} ground-truth boxes")
+        if len(self.gt_difficult) != len(self.gt_boxes):
+            raise ValueError(f"{self.video} frame {self.frame_index}: {len(self.gt_difficult)} difficult "
+                             f"flags for {len(self.gt_boxes)} ground-truth boxes")
         if len(self.scores) != len(self.boxes):
             raise ValueError(f"{self.video} frame {self.frame_index}: {len(self.scores)} scores "
                              f"for {len(self.boxes)} boxes")
         self.matched_gt = np.full(len(self.boxes), -1, dtype=np.int64)
+        self.ignored = np.zeros(len(self.boxes), dtype=bool)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -57,19 +71,29 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
-def match_frame(frame: FrameDetections, iou_threshold: float) -> np.ndarray:
-    """Fill and return `frame.matched_gt` (greedy, highest score first)."""
+def match_frame(frame: FrameDetections, iou_threshold: float, ignore_difficult: bool = True) -> np.ndarray:
+    """Fill and return `frame.matched_gt` (greedy, highest score first), and `frame.ignored`.
+
+    With `ignore_difficult`, detections match normal boxes only; one that matches none but
+    overlaps a difficult box by `iou_threshold` is ignored (VOC: any number of detections may
+    fall on a difficult box). Without it every box is a normal box.
+    """
     matched = np.full(len(frame.boxes), -1, dtype=np.int64)
+    ignored = np.zeros(len(frame.boxes), dtype=bool)
     if len(frame.boxes) and len(frame.gt_boxes):
         iou = box_iou(frame.boxes, frame.gt_boxes)
-        taken = np.zeros(len(frame.gt_boxes), dtype=bool)
+        difficult = frame.gt_difficult if ignore_difficult else np.zeros(len(frame.gt_boxes), dtype=bool)
+        taken = difficult.copy()          # difficult boxes are never matched one-to-one
         for det in np.argsort(-frame.scores, kind="stable"):   # a handful of boxes per frame
             candidates = np.where(taken, -1.0, iou[det])
             best = int(np.argmax(candidates))
             if candidates[best] >= iou_threshold:
                 matched[det] = best
                 taken[best] = True
+            elif np.any(difficult & (iou[det] >= iou_threshold)):
+                ignored[det] = True
     frame.matched_gt = matched
+    frame.ignored = ignored
     return matched
 
 
@@ -121,13 +145,29 @@ def detection_metrics(frames: Sequence[FrameDetections], fps: Mapping[str, float
     the pipeline runs at). A polyp's delay is (first frame it is detected) - (first frame it is
     visible) among the evaluated frames, so with sampled frames it is resolved to the sampling
     step; the mean is over detected polyps.
+    Difficult boxes follow VOC (module docstring); `ap50_all_boxes`, `recall_all_boxes`,
+    `precision_all_boxes`, `fp_per_100_frames_all_boxes` and `polyp_detection_rate_all_boxes`
+    count every box. The frames keep the VOC matching (`matched_gt`, `ignored`).
     """
+    every_box = _metrics(frames, fps, iou_threshold, score_threshold, fp_per_100_frames,
+                         ignore_difficult=False)
+    metrics = _metrics(frames, fps, iou_threshold, score_threshold, fp_per_100_frames,
+                       ignore_difficult=True)
+    for key in ("ap50", "recall", "precision", "fp_per_100_frames", "polyp_detection_rate"):
+        metrics[f"{key}_all_boxes"] = every_box[key]
+    metrics["gt_boxes_all"] = every_box["gt_boxes"]
+    return metrics
+
+
+def _metrics(frames: Sequence[FrameDetections], fps: Mapping[str, float] | float, iou_threshold: float,
+             score_threshold: float, fp_per_100_frames: float, ignore_difficult: bool) -> dict[str, float]:
     for frame in frames:
-        match_frame(frame, iou_threshold)
+        match_frame(frame, iou_threshold, ignore_difficult)
+    counted = [~f.gt_difficult if ignore_difficult else np.ones(len(f.gt_boxes), dtype=bool) for f in frames]
     num_frames = len(frames)
-    num_gt = int(sum(len(f.gt_boxes) for f in frames))
-    scores = np.concatenate([f.scores for f in frames]) if frames else np.zeros(0)
-    is_tp = np.concatenate([f.matched_gt >= 0 for f in frames]) if frames else np.zeros(0, bool)
+    num_gt = int(sum(int(c.sum()) for c in counted))
+    scores = np.concatenate([f.scores[~f.ignored] for f in frames]) if frames else np.zeros(0)
+    is_tp = np.concatenate([f.matched_gt[~f.ignored] >= 0 for f in frames]) if frames else np.zeros(0, bool)
 
     ap = average_precision(scores, is_tp, num_gt)
     recall_fp, threshold_fp = recall_at_fp_rate(scores, is_tp, num_gt, num_frames, fp_per_100_frames)
@@ -137,8 +177,10 @@ def detection_metrics(frames: Sequence[FrameDetections], fps: Mapping[str, float
 
     first_visible: dict[str, tuple[str, int]] = {}
     first_detected: dict[str, int] = {}
-    for frame in frames:
+    for frame, counts in zip(frames, counted):
         for gt_index, polyp in enumerate(frame.gt_ids):
+            if not counts[gt_index]:
+                continue
             seen = first_visible.get(polyp)
             if seen is None or frame.frame_index < seen[1]:
                 first_visible[polyp] = (frame.video, frame.frame_index)

@@ -10,6 +10,11 @@ Targets for one frame (output grid H = W = input_size / stride, boxes in network
   Gaussian is highest there). Supervising the cells around the centre too (as TTFNet does)
   means a peak one cell off still decodes to the right box: its offset points at the true
   centre. Decoding is unchanged, centre = (cell + offset) * stride.
+- `heatmap_weight` (1,H,W): 0 inside difficult boxes (VOC's flag, trainer.synth.difficulty),
+  1 elsewhere. A difficult box is an ignore region: no peak, no size/offset supervision, and
+  the heatmap loss is masked there, so the model is neither rewarded nor punished for firing
+  on a polyp nobody should be held to finding. Cells inside a normal box's Gaussian stay
+  supervised even where a difficult box overlaps them.
 Everything is computed for all boxes at once by broadcasting over (boxes, H, W).
 """
 from __future__ import annotations
@@ -58,19 +63,44 @@ def gaussian_radius(height: np.ndarray, width: np.ndarray, min_overlap: float = 
     return np.minimum(np.minimum(r1, r2), r3)
 
 
-def centernet_targets(boxes: np.ndarray, input_size: int, stride: int,
-                      min_overlap: float = 0.7) -> dict[str, np.ndarray]:
-    """Heatmap, size, offset and regression-weight targets (float32) for boxes (K,4) xyxy in
-    input pixels. Boxes must lie inside the input (clip them first); K may be 0 (a negative frame).
+def ignore_mask(boxes: np.ndarray, input_size: int, stride: int) -> np.ndarray:
+    """(H,W) bool: output cells whose centre lies inside any of `boxes` (K,4, input pixels);
+    a box smaller than a cell still covers the cell holding its centre."""
+    grid = input_size // stride
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / stride
+    if len(boxes) == 0:
+        return np.zeros((grid, grid), dtype=bool)
+    centres = np.arange(grid) + 0.5
+    x1, y1 = np.floor(boxes[:, 0]), np.floor(boxes[:, 1])          # widen to whole cells
+    x2, y2 = np.ceil(boxes[:, 2]), np.ceil(boxes[:, 3])
+    inside_x = (centres[None, :] >= x1[:, None]) & (centres[None, :] <= x2[:, None])   # (K,W)
+    inside_y = (centres[None, :] >= y1[:, None]) & (centres[None, :] <= y2[:, None])   # (K,H)
+    return np.any(inside_y[:, :, None] & inside_x[:, None, :], axis=0)
+
+
+def centernet_targets(boxes: np.ndarray, input_size: int, stride: int, min_overlap: float = 0.7,
+                      difficult: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Heatmap, size, offset, regression-weight and heatmap-weight targets (float32) for boxes
+    (K,4) xyxy in input pixels. Boxes must lie inside the input (clip them first); K may be 0
+    (a negative frame). `difficult` (K,) bool marks ignore regions (module docstring).
     """
     grid = input_size // stride
     heatmap = np.zeros((1, grid, grid), dtype=np.float32)
     wh = np.zeros((2, grid, grid), dtype=np.float32)
     offset = np.zeros((2, grid, grid), dtype=np.float32)
     weight = np.zeros((1, grid, grid), dtype=np.float32)
+    heatmap_weight = np.ones((1, grid, grid), dtype=np.float32)
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    difficult = (np.zeros(len(boxes), dtype=bool) if difficult is None
+                 else np.asarray(difficult, dtype=bool).reshape(-1))
+    if len(difficult) != len(boxes):
+        raise ValueError(f"{len(difficult)} difficult flags for {len(boxes)} boxes")
+    ignored = ignore_mask(boxes[difficult], input_size, stride)
+    boxes = boxes[~difficult]
     if len(boxes) == 0:
-        return {"heatmap": heatmap, "wh": wh, "offset": offset, "reg_weight": weight}
+        heatmap_weight[0][ignored] = 0.0
+        return {"heatmap": heatmap, "wh": wh, "offset": offset, "reg_weight": weight,
+                "heatmap_weight": heatmap_weight}
     # Smaller boxes first: where two centres share a cell (equal Gaussian value 1) argmax keeps
     # the first, the smaller box, which a max-pool peak is least likely to recover otherwise.
     boxes = boxes[np.argsort((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), kind="stable")]
@@ -99,7 +129,9 @@ def centernet_targets(boxes: np.ndarray, input_size: int, stride: int,
     wh[1] = np.where(covered, height[owner], 0.0)
     offset[0] = np.where(covered, centre_x[owner] - xs[0], 0.0)
     offset[1] = np.where(covered, centre_y[owner] - ys[0], 0.0)
-    return {"heatmap": heatmap, "wh": wh, "offset": offset, "reg_weight": weight}
+    heatmap_weight[0][ignored & ~covered] = 0.0
+    return {"heatmap": heatmap, "wh": wh, "offset": offset, "reg_weight": weight,
+            "heatmap_weight": heatmap_weight}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,8 +162,8 @@ class DetectionDataset(Dataset):
     same every epoch (validation).
 
     Item: inputs {"rgb": float32 (3,S,S)} from `trainer.prep.prepare_detector_input` (FOV-masked,
-    letterboxed, normalised); targets {"heatmap","wh","offset","mask"} (see `centernet_targets`),
-    "boxes" float32 (MAX_BOXES,4) in input pixels, "num_boxes", "polyp_index" (MAX_BOXES,)
+    letterboxed, normalised); targets {"heatmap","wh","offset","reg_weight","heatmap_weight"}
+    (see `centernet_targets`), "boxes" float32 (MAX_BOXES,4) in input pixels, "difficult" bool (MAX_BOXES,), "num_boxes", "polyp_index" (MAX_BOXES,)
     into `self.polyp_ids` (-1: padding), "video_index" into `self.videos`, "frame_index".
     Augmentation (training) moves image, boxes and FOV mask together; a box squeezed under
     2 px by it is dropped. An unreadable image is logged and replaced by another frame.
@@ -156,12 +188,14 @@ class DetectionDataset(Dataset):
         self.sampling = sampling
         self.sampling_seed = int(sampling_seed)
         ordered = sorted(frames, key=lambda f: (f.video, f.frame_index))
-        self.positives = [f for f in ordered if f.boxes]
-        self.negatives = [f for f in ordered if not f.boxes]
+        # A frame whose only boxes are difficult (ignore regions) is drawn as a negative: it
+        # teaches background everywhere but inside those boxes.
+        self.positives = [f for f in ordered if any(not b.difficult for b in f.boxes)]
+        self.negatives = [f for f in ordered if all(b.difficult for b in f.boxes)]
         if not self.positives and not self.negatives:
             raise DataError("detector dataset: no frames")
         self.videos = sorted({f.video for f in ordered})
-        self.polyp_ids = sorted({b.polyp_id for f in self.positives for b in f.boxes})
+        self.polyp_ids = sorted({b.polyp_id for f in ordered for b in f.boxes})
         self._video_index = {v: i for i, v in enumerate(self.videos)}
         self._polyp_index = {p: i for i, p in enumerate(self.polyp_ids)}
         self.unreadable: set[str] = set()
@@ -176,7 +210,7 @@ class DetectionDataset(Dataset):
             # each polyp draws from every frame showing it; a frame drawn twice counts once
             by_polyp: dict[str, list[FrameRecord]] = {}
             for frame in self.positives:
-                for polyp in dict.fromkeys(b.polyp_id for b in frame.boxes):
+                for polyp in dict.fromkeys(b.polyp_id for b in frame.boxes if not b.difficult):
                     by_polyp.setdefault(polyp, []).append(frame)
             drawn = {(f.video, f.frame_index): f for polyp in sorted(by_polyp)
                      for f in _draw(by_polyp[polyp], self.positives_per_polyp, rng)}
@@ -215,24 +249,29 @@ class DetectionDataset(Dataset):
                 else estimate_fov_mask(image)
         boxes = np.array([b.box for b in frame.boxes], dtype=np.float64).reshape(-1, 4)
         polyps = np.array([self._polyp_index[b.polyp_id] for b in frame.boxes], dtype=np.int64)
+        difficult = np.array([b.difficult for b in frame.boxes], dtype=bool)
         if self.augment is not None:
             rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
             image, boxes, fov = self.augment(image, boxes, rng, mask=fov)
             kept = ((boxes[:, 2] - boxes[:, 0]) >= 2) & ((boxes[:, 3] - boxes[:, 1]) >= 2)
-            boxes, polyps = boxes[kept], polyps[kept]
+            boxes, polyps, difficult = boxes[kept], polyps[kept], difficult[kept]
         batch, info = prepare_detector_input(image, self.spec, fov_mask=fov)
         size = self.spec.size
         input_boxes = np.clip(info.to_input(boxes), 0.0, float(size))
         if len(input_boxes) > MAX_BOXES:
             log.warning("%s: %d boxes, only the first %d are used", frame.image_path, len(input_boxes), MAX_BOXES)
-            input_boxes, polyps = input_boxes[:MAX_BOXES], polyps[:MAX_BOXES]
-        targets = {k: torch.from_numpy(v) for k, v in centernet_targets(input_boxes, size, self.stride).items()}
+            input_boxes, polyps, difficult = input_boxes[:MAX_BOXES], polyps[:MAX_BOXES], difficult[:MAX_BOXES]
+        targets = {k: torch.from_numpy(v) for k, v in
+                   centernet_targets(input_boxes, size, self.stride, difficult=difficult).items()}
         padded_boxes = np.zeros((MAX_BOXES, 4), dtype=np.float32)
         padded_boxes[:len(input_boxes)] = input_boxes
         padded_polyps = np.full(MAX_BOXES, -1, dtype=np.int64)
         padded_polyps[:len(polyps)] = polyps
+        padded_difficult = np.zeros(MAX_BOXES, dtype=bool)
+        padded_difficult[:len(difficult)] = difficult
         targets.update({
             "boxes": torch.from_numpy(padded_boxes),
+            "difficult": torch.from_numpy(padded_difficult),
             "num_boxes": torch.tensor(len(input_boxes), dtype=torch.int64),
             "polyp_index": torch.from_numpy(padded_polyps),
             "video_index": torch.tensor(self._video_index[frame.video], dtype=torch.int64),

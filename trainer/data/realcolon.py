@@ -192,7 +192,7 @@ def _read_frame(xml_path: Path, video: str, frames_dir: Path, negatives: bool,
                 if box is None:
                     skips.add(xml_path, f"{problem} (frame skipped)")
                     return None
-                checked.append(BoxAnnotation(box, ann.polyp_id))
+                checked.append(BoxAnnotation(box, ann.polyp_id, ann.difficult))
             boxes = checked
     return FrameRecord(str(image_path), video, frame_index, image_size, tuple(boxes))
 
@@ -225,4 +225,10 @@ def _read_object(obj: ET.Element, image_size) -> tuple[BoxAnnotation | None, str
     box, problem = check_box((values["xmin"], values["ymin"], values["xmax"], values["ymax"]), image_size)
     if box is None:
         return None, problem
-    return BoxAnnotation(box, polyp), ""
+    # VOC's <difficult> (REAL-Colon files carry it; absent means 0)
+    difficult_text = (obj.findtext("difficult") or "0").strip()
+    try:
+        difficult = int(float(difficult_text)) != 0
+    except ValueError:
+        return None, f"bad field: difficult is {difficult_text!r}, not 0 or 1"
+    return BoxAnnotation(box, polyp, difficult), ""

@@ -24,6 +24,9 @@ MAX_SKIP_WARNINGS = 25
 class BoxAnnotation:
     box: Box            # (x1, y1, x2, y2) pixels
     polyp_id: str
+    # Pascal VOC's flag: a box nobody should be held to finding (trainer.synth.difficulty).
+    # The detector ignores it in training and the metrics count it neither as hit nor miss.
+    difficult: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from ..fsutil import atomic_dir
 from ..progress import Progress
 from ..videowriter import H264Writer
 from .config import SynthConfig, config_to_dict
+from .difficulty import is_difficult_box
 from .video import SyntheticVideo
 
 LESION_COLUMNS = ["unique_object_id", "unique_video_name", "size [mm]", "site",
@@ -47,8 +48,9 @@ def unique_id(video: str, polyp_id: int) -> str:
     return f"{video}_{polyp_id}"
 
 
-def voc_xml(video: str, index: int, width: int, height: int, objects: list[tuple[int, tuple, int]]) -> str:
-    """One frame's Pascal VOC annotation; objects are (polyp id, float box xyxy, box id)."""
+def voc_xml(video: str, index: int, width: int, height: int,
+            objects: list[tuple[int, tuple, int, bool]]) -> str:
+    """One frame's Pascal VOC annotation; objects are (polyp id, float box xyxy, box id, difficult)."""
     filename = f"{video}_{index}.jpg"
     parts = ["<annotation>",
              f"  <folder>{escape(video)}_frames</folder>",
@@ -56,7 +58,7 @@ def voc_xml(video: str, index: int, width: int, height: int, objects: list[tuple
              "  <source><database>hagview synthetic colonoscopy</database></source>",
              f"  <size><width>{width}</width><height>{height}</height><depth>3</depth></size>",
              "  <segmented>0</segmented>"]
-    for polyp_id, box, box_id in objects:
+    for polyp_id, box, box_id, difficult in objects:
         x1, y1, x2, y2 = (int(round(v)) for v in box)
         truncated = int(x1 <= 0 or y1 <= 0 or x2 >= width or y2 >= height)
         parts += ["  <object>",
@@ -65,7 +67,7 @@ def voc_xml(video: str, index: int, width: int, height: int, objects: list[tuple
                   f"    <box_id>{box_id}</box_id>",
                   "    <pose>Unspecified</pose>",
                   f"    <truncated>{truncated}</truncated>",
-                  "    <difficult>0</difficult>",
+                  f"    <difficult>{int(difficult)}</difficult>",
                   f"    <bndbox><xmin>{x1}</xmin><xmax>{x2}</xmax><ymin>{y1}</ymin><ymax>{y2}</ymax></bndbox>",
                   "  </object>"]
     parts.append("</annotation>")
@@ -104,9 +106,10 @@ def write_video(video: SyntheticVideo, out_dir: Path, progress: Progress | None 
                 raise ConfigError(f"{name}: JPEG encoding failed for frame {frame.index}")
             (frames_dir / f"{name}_{frame.index}.jpg").write_bytes(jpeg.tobytes())
             objects = []
-            for gt in frame.polyps:
+            difficult = [is_difficult_box(gt.box, gt.visible_fraction, width) for gt in frame.polyps]
+            for gt, hard in zip(frame.polyps, difficult):
                 box_id += 1
-                objects.append((gt.polyp_id, gt.box, box_id))
+                objects.append((gt.polyp_id, gt.box, box_id, hard))
                 x1, y1, x2, y2 = gt.box
                 mot_rows.append(f"{frame.index + 1},{gt.polyp_id},{x1:.2f},{y1:.2f},{x2 - x1:.2f},{y2 - y1:.2f},1,-1,-1,-1")
             (notes_dir / f"{name}_{frame.index}.xml").write_text(
@@ -115,7 +118,8 @@ def write_video(video: SyntheticVideo, out_dir: Path, progress: Progress | None 
             gt_frames.append({"index": frame.index, "time": round(frame.time, 6),
                               "polyps": [{"id": gt.polyp_id, "box": [round(v, 2) for v in gt.box],
                                           "diameter_mm": gt.diameter_mm, "distance_mm": gt.distance_mm,
-                                          "visible_fraction": gt.visible_fraction} for gt in frame.polyps]})
+                                          "visible_fraction": gt.visible_fraction, "difficult": hard}
+                                         for gt, hard in zip(frame.polyps, difficult)]})
             if progress is not None:
                 progress.update(1)
     ground_truth = {

@@ -71,11 +71,13 @@ class DetectorOptions:
 
 
 def focal_heatmap_loss(logits: torch.Tensor, target: torch.Tensor, positive_weight: float = 1.0,
-                       alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
+                       alpha: float = 2.0, beta: float = 4.0,
+                       cell_weight: torch.Tensor | None = None) -> torch.Tensor:
     """CenterNet's penalty-reduced focal loss on logits, summed and divided by the centres.
 
     Centres are the cells where the target is exactly 1; elsewhere the Gaussian target
     reduces the penalty by (1 - target)^beta. Log-sigmoids keep it finite for any logit.
+    `cell_weight` (same shape, 0 or 1) masks ignore regions (difficult boxes) out of the loss.
     """
     logits = logits.float()
     target = target.float()
@@ -83,6 +85,9 @@ def focal_heatmap_loss(logits: torch.Tensor, target: torch.Tensor, positive_weig
     probability = torch.sigmoid(logits)
     positive = -F.logsigmoid(logits) * (1 - probability) ** alpha * is_centre
     negative = -F.logsigmoid(-logits) * probability ** alpha * (1 - target) ** beta * (1 - is_centre)
+    if cell_weight is not None:
+        cell_weight = cell_weight.float()
+        positive, negative = positive * cell_weight, negative * cell_weight
     centres = is_centre.sum().clamp(min=1.0)
     return (positive_weight * positive.sum() + negative.sum()) / centres
 
@@ -356,7 +361,7 @@ class DetectorTask(Task):
     def _loss(self, outputs: dict, targets: dict, positive_weight: float) -> torch.Tensor:
         o = self.options
         heat = focal_heatmap_loss(outputs["heatmap"], targets["heatmap"], positive_weight,
-                                  o.focal_alpha, o.focal_beta)
+                                  o.focal_alpha, o.focal_beta, cell_weight=targets.get("heatmap_weight"))
         weight = targets["reg_weight"]
         wh = weighted_l1(outputs["wh"], targets["wh"], weight)
         offset = weighted_l1(outputs["offset"], targets["offset"], weight)
@@ -390,7 +395,7 @@ class DetectorTask(Task):
                     frame_index=int(targets["frame_index"][i]),
                     gt_boxes=targets["boxes"][i, :n].numpy(),
                     gt_ids=[dataset.polyp_ids[int(p)] for p in targets["polyp_index"][i, :n]],
-                    boxes=boxes, scores=scores))
+                    boxes=boxes, scores=scores, gt_difficult=targets["difficult"][i, :n].numpy()))
         fps = {video: self._fps.get(video, o.fps) for video in dataset.videos}
         return detection_metrics(frames, fps, iou_threshold=0.5, score_threshold=o.score_threshold)
 
