@@ -49,17 +49,23 @@ class _Edge(Generic[T]):
             self._closed = True
             self._cond.notify_all()
 
-    def _wait_for_item(self, has_item, timeout: float | None) -> bool:
-        """With the lock held: wait until `has_item()`; False on time-out; EdgeClosed once
-        closed and empty."""
+    def _wait_until(self, ready, timeout: float | None) -> bool:
+        """With the lock held: wait until `ready()` or the edge is closed; False on time-out."""
         end = None if timeout is None else time.monotonic() + timeout
-        while not has_item():
-            if self._closed:
-                raise EdgeClosed(self.name)
+        while not ready() and not self._closed:
             left = None if end is None else end - time.monotonic()
             if left is not None and left <= 0:
                 return False
             self._cond.wait(left)
+        return True
+
+    def _wait_for_item(self, has_item, timeout: float | None) -> bool:
+        """With the lock held: wait until `has_item()`; False on time-out; EdgeClosed once
+        closed and empty."""
+        if not self._wait_until(has_item, timeout):
+            return False
+        if not has_item():
+            raise EdgeClosed(self.name)
         return True
 
     @property
@@ -135,14 +141,8 @@ class BlockingQueue(_Edge[T]):
     def put(self, item: T, timeout: float | None = None) -> bool:
         """Wait for room; False on time-out. Raises EdgeClosed if the edge is closed."""
         with self._cond:
-            end = None if timeout is None else time.monotonic() + timeout
-            while len(self._items) >= self.capacity:
-                if self._closed:
-                    raise EdgeClosed(self.name)
-                left = None if end is None else end - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._cond.wait(left)
+            if not self._wait_until(lambda: len(self._items) < self.capacity, timeout):
+                return False
             if self._closed:
                 raise EdgeClosed(self.name)
             self._items.append(item)

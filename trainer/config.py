@@ -21,6 +21,7 @@ from typing import Any, Union
 
 import yaml
 
+from .data.augment import PairedAugment
 from .errors import ConfigError
 
 TASKS = ("sizer", "detector")
@@ -59,22 +60,13 @@ class InputConfig:
     box_grow: float = 0.5
 
 
-@dataclass
-class AugmentConfig:
-    """Training-time augmentation (`trainer.data.augment.PairedAugment`); never on validation."""
-    enabled: bool = True
-    hflip_p: float = 0.5
-    vflip_p: float = 0.5
-    rotate_deg: float = 10.0
-    scale: tuple[float, float] = (0.95, 1.05)     # zoom changes apparent size: keep it small
-    shift: float = 0.05                           # fraction of the frame size
-    brightness: float = 0.2
-    contrast: float = 0.2
-    gamma: tuple[float, float] = (0.8, 1.25)
-    hue_deg: float = 5.0
-    saturation: float = 0.15
-    blur_p: float = 0.2
-    blur_sigma: tuple[float, float] = (0.5, 1.5)
+# Training-time augmentation (`trainer.data.augment.PairedAugment`, whose docstring says what each
+# setting does); never on validation. The section is `enabled` plus PairedAugment's own fields and
+# defaults, so the two cannot drift apart.
+AugmentConfig = dataclasses.make_dataclass(
+    "AugmentConfig",
+    [("enabled", bool, field(default=True))]
+    + [(f.name, f.type, field(default=f.default)) for f in dataclasses.fields(PairedAugment)])
 
 
 @dataclass

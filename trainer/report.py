@@ -44,6 +44,17 @@ def _format_tick(value: float) -> str:
     return f"{value:.4g}"
 
 
+def _svg_open(width: int, height: int, title: str | None) -> list[str]:
+    """The start of an SVG chart: root element, white background, bold centred title (if any)."""
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+             f'<rect width="{width}" height="{height}" fill="white"/>']
+    if title:
+        parts.append(f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13" '
+                     f'font-weight="bold">{html.escape(title)}</text>')
+    return parts
+
+
 def svg_line_plot(series: Series, *, x: Sequence[float] | None = None, title: str = "",
                   xlabel: str = "", ylabel: str = "", width: int = 460, height: int = 260,
                   log_y: bool = False, markers: bool = True) -> str:
@@ -68,12 +79,7 @@ def svg_line_plot(series: Series, *, x: Sequence[float] | None = None, title: st
     left, right, top, bottom = 58, 12, 26 if title else 10, 40
     plot_w, plot_h = width - left - right, height - top - bottom
     height += 15 * legend_rows
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-             f'<rect width="{width}" height="{height}" fill="white"/>']
-    if title:
-        parts.append(f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13" '
-                     f'font-weight="bold">{html.escape(title)}</text>')
+    parts = _svg_open(width, height, title)
     if not points or not xs:
         parts.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" fill="#888">no data</text>')
         parts.append("</svg>")
@@ -156,12 +162,7 @@ def svg_confusion_matrix(matrix: Sequence[Sequence[float]], labels: Sequence[str
     n = len(labels)
     left, top = 92, 44 if title else 24
     width, height = left + n * cell + 12, top + n * cell + 40
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-             f'<rect width="{width}" height="{height}" fill="white"/>']
-    if title:
-        parts.append(f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13" '
-                     f'font-weight="bold">{html.escape(title)}</text>')
+    parts = _svg_open(width, height, title)
     parts.append(f'<text x="{left + n * cell / 2}" y="{top - 6}" text-anchor="middle">predicted</text>')
     parts.append(f'<text x="12" y="{top + n * cell / 2}" text-anchor="middle" '
                  f'transform="rotate(-90 12 {top + n * cell / 2})">true</text>')

@@ -8,6 +8,7 @@ Uncovered pixels become black, like the border outside the endoscope's view.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -137,3 +138,10 @@ class PairedAugment:
             sigma = float(rng.uniform(*self.blur_sigma))
             out = cv2.GaussianBlur(out, (0, 0), sigma)
         return out
+
+
+def augment_from_config(settings) -> PairedAugment | None:
+    """The training augmentation a config's `data.augment` section asks for; None when disabled."""
+    if not settings.enabled:
+        return None
+    return PairedAugment(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(PairedAugment)})

@@ -15,7 +15,7 @@ from ..errors import DataError
 from ..progress import Progress
 from .images import jpeg_size
 from .records import (BoxAnnotation, DatasetIndex, FrameRecord, SampleRecord, SkipLog,
-                      check_box, finish_index, frame_sort_key, parse_size_mm,
+                      check_box, finish_index, frame_sort_key, polyp_sizes,
                       trailing_int)
 
 log = logging.getLogger("hagview.data")
@@ -95,27 +95,16 @@ def _read_lesion_sizes(path: Path, skips: SkipLog, accept_lower_bound: bool):
     size_col = next((i for i, h in enumerate(header) if h.startswith("size")), None)
     if size_col is None:
         raise DataError(f"{path}: no 'size [mm]' column (header: {', '.join(rows[0])})")
-    sizes: dict[str, float] = {}
-    bad: dict[str, str] = {}
-    for line_no, row in enumerate(rows[1:], start=2):
-        if not any(c.strip() for c in row):
-            continue
-        polyp = row[id_col].strip() if id_col < len(row) else ""
-        if not polyp:
-            skips.add(path, f"missing field: line {line_no} has no unique_object_id")
-            continue
-        try:
-            size = parse_size_mm(row[size_col] if size_col < len(row) else "",
-                                 accept_lower_bound=accept_lower_bound)
-        except ValueError as exc:
-            bad[polyp] = str(exc)
-            continue
-        if polyp in sizes and sizes[polyp] != size:
-            bad[polyp] = f"listed twice: {sizes[polyp]:g} mm and {size:g} mm"
-        sizes[polyp] = size
-    for polyp in bad:
-        sizes.pop(polyp, None)
-    return sizes, bad
+    def rows_with_ids():
+        for line_no, row in enumerate(rows[1:], start=2):
+            if not any(c.strip() for c in row):
+                continue
+            polyp = row[id_col].strip() if id_col < len(row) else ""
+            if not polyp:
+                skips.add(path, f"missing field: line {line_no} has no unique_object_id")
+                continue
+            yield polyp, row[size_col] if size_col < len(row) else ""
+    return polyp_sizes(rows_with_ids(), accept_lower_bound=accept_lower_bound)
 
 
 def _check_video_info(path: Path, videos_found: set[str], skips: SkipLog) -> None:

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 Box = tuple[float, float, float, float]
 
@@ -128,6 +128,29 @@ def parse_size_mm(text, *, accept_lower_bound: bool = True) -> float:
     if not value > 0:
         raise ValueError(f"size {raw.strip()!r} is not positive")
     return value
+
+
+def polyp_sizes(rows: Iterable[tuple[str, str]], *, accept_lower_bound: bool = True
+                ) -> tuple[dict[str, float], dict[str, str]]:
+    """(sizes in mm, reasons) from a size table's (polyp id, size cell) rows.
+
+    A polyp whose size does not parse, or that is listed twice with two different sizes, is left
+    out of `sizes` and its reason is in the second dict, for the reader to report its frames.
+    """
+    sizes: dict[str, float] = {}
+    bad: dict[str, str] = {}
+    for polyp, cell in rows:
+        try:
+            size = parse_size_mm(cell, accept_lower_bound=accept_lower_bound)
+        except ValueError as exc:
+            bad[polyp] = str(exc)
+            continue
+        if polyp in sizes and sizes[polyp] != size:
+            bad[polyp] = f"listed twice: {sizes[polyp]:g} mm and {size:g} mm"
+        sizes[polyp] = size
+    for polyp in bad:
+        sizes.pop(polyp, None)
+    return sizes, bad
 
 
 def check_box(box: Box, image_size: tuple[int, int] | None) -> tuple[Box | None, str]:

@@ -21,7 +21,7 @@ from ..errors import DataError
 from ..progress import Progress
 from .images import jpeg_size
 from .records import (BoxAnnotation, DatasetIndex, FrameRecord, SampleRecord, SkipLog,
-                      check_box, finish_index, frame_sort_key, parse_size_mm,
+                      check_box, finish_index, frame_sort_key, polyp_sizes,
                       trailing_int)
 from .tables import read_table
 
@@ -212,28 +212,16 @@ def _read_size_table(path: Path, skips: SkipLog, accept_lower_bound: bool):
         raise DataError(f"{path}: size table needs a case/id column and a size column "
                         f"(header: {', '.join(rows[0])})")
     case_col, size_col = cols
-    sizes: dict[str, float] = {}
-    bad: dict[str, str] = {}
-    for line_no, row in enumerate(rows[1:], start=2):
-        cell = row[case_col] if case_col < len(row) else ""
-        number = _case_number(cell)
-        if number is None:
-            skips.add(path, f"missing field: row {line_no} has no case id ({cell!r})")
-            continue
-        polyp = f"case{number}"
-        try:
-            size = parse_size_mm(row[size_col] if size_col < len(row) else "",
-                                 accept_lower_bound=accept_lower_bound)
-        except ValueError as exc:
-            bad[polyp] = str(exc)
-            continue
-        if polyp in sizes and sizes[polyp] != size:
-            bad[polyp] = f"rows disagree: {sizes[polyp]:g} mm and {size:g} mm"
-            continue
-        sizes[polyp] = size
-    for polyp in bad:
-        sizes.pop(polyp, None)
-    return sizes, bad
+
+    def rows_with_ids():
+        for line_no, row in enumerate(rows[1:], start=2):
+            cell = row[case_col] if case_col < len(row) else ""
+            number = _case_number(cell)
+            if number is None:
+                skips.add(path, f"missing field: row {line_no} has no case id ({cell!r})")
+                continue
+            yield f"case{number}", row[size_col] if size_col < len(row) else ""
+    return polyp_sizes(rows_with_ids(), accept_lower_bound=accept_lower_bound)
 
 
 def _read_box_file(box_path: Path, root: Path, case_dirs: list[Path], listing, by_name,

@@ -24,7 +24,6 @@ polyp's first visible frame to its first detection (frames and seconds). Primary
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import DataSourceConfig, parse_section
-from ..data.augment import PairedAugment
+from ..data.augment import PairedAugment, augment_from_config
 from ..data.detection import DetectionDataset
 from ..data.fov import FovMaskCache
 from ..data.records import DatasetIndex
@@ -315,11 +314,7 @@ class DetectorTask(Task):
         return self._folds
 
     def augmentation(self) -> PairedAugment | None:
-        a = self.config.data.augment
-        if not a.enabled:
-            return None
-        settings = {f.name: getattr(a, f.name) for f in dataclasses.fields(a) if f.name != "enabled"}
-        return PairedAugment(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+        return augment_from_config(self.config.data.augment)
 
     def datasets(self, fold: int) -> tuple[Dataset, Dataset]:
         index = self._data()

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import ModelConfig, TrainConfig
-from ..data.augment import PairedAugment
+from ..data.augment import PairedAugment, augment_from_config
 from ..data.datasets import SizerDataset
 from ..data.fov import FovMaskCache
 from ..data.splits import load_split_file, make_kfold_splits, train_val_ids
@@ -151,13 +151,7 @@ class SizerTask(Task):
         return train, val
 
     def _augment(self) -> PairedAugment | None:
-        a = self.config.data.augment
-        if not a.enabled:
-            return None
-        return PairedAugment(hflip_p=a.hflip_p, vflip_p=a.vflip_p, rotate_deg=a.rotate_deg, scale=a.scale,
-                             shift=a.shift, brightness=a.brightness, contrast=a.contrast, gamma=a.gamma,
-                             hue_deg=a.hue_deg, saturation=a.saturation, blur_p=a.blur_p,
-                             blur_sigma=a.blur_sigma)
+        return augment_from_config(self.config.data.augment)
 
     def test_dataset(self):
         if not self.config.test.enabled:
