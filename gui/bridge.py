@@ -7,6 +7,11 @@
   thread as a queued signal). The GUI takes the newest frame; there is never more than one
   notification waiting, so a slow paint skips frames instead of piling them up. One thread hop
   from decoder to paint: a display thread in between cost a wake-up and a GIL hand-over per frame.
+- The display gate: from a frame's arrival until the GUI reports it painted (`frame_shown`),
+  the analysis threads start no stage and the capture thread waits (at most
+  `DISPLAY_WAIT_S`) before reading the next frame, so the scaling and the paint never queue
+  for the interpreter lock behind Python work that can wait a few milliseconds. On the 2-core
+  machine of docs/results.md §4 this took the arrival-to-paint p99 from 11-13 ms to 5-7.6 ms.
 - Commands (open, pause, seek, speed, threshold, snapshot, stopping a recording): run one at a
   time on a control thread, because some of them wait (opening a device, loading models, a seek
   that decodes, finishing an MP4); failures come back as `command_failed(message)`.
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 from PyQt6.QtCore import QObject, pyqtSignal
 
 from pipeline.runtime import LivePipeline
@@ -32,9 +38,11 @@ from trainer.errors import HagviewError
 
 from .recorder import Recorder, RecordingSummary
 from .snapshot import save_snapshot
-from .video import ARRIVAL_STAMP, scale_for_display
+from .video import ARRIVAL_STAMP, display_size, scale_for_display
 
 log = logging.getLogger(__name__)
+
+DISPLAY_WAIT_S = 0.010     # the longest the capture thread waits for its frame to be painted
 
 
 @dataclass
@@ -77,6 +85,12 @@ class PipelineBridge(QObject):
         self.gui_skipped = 0
         self.scale_cpu_ms: deque[float] = deque(maxlen=3000)    # display scaling CPU per frame
         self.display_area: Callable[[], tuple[int, int]] | None = None   # the video area, device pixels
+        self.display_idle = threading.Event()    # clear from a frame's arrival to its paint
+        self.display_idle.set()
+        # Display-sized frames are written into three reused buffers: one the GUI shows, one
+        # waiting for it, one being written (a fresh 4-6 MB array per frame costs page faults).
+        self._buffers: list[np.ndarray] = []
+        self._shown: np.ndarray | None = None
         self._session = 0
         self._closing = threading.Event()
         self._stats_thread = threading.Thread(target=self._stats_loop, name="hagview-stats", daemon=True)
@@ -85,6 +99,7 @@ class PipelineBridge(QObject):
     # --- frames (capture thread -> GUI thread) -----------------------------------------------
     def _on_result(self, session: int, result: FrameResult) -> None:
         if session != self._session or self._closing.is_set():
+            self.display_idle.set()
             return                                   # a pipeline being replaced or stopped
         result.frame.stamps[ARRIVAL_STAMP] = time.perf_counter()
         recorder = self.recorder
@@ -93,13 +108,14 @@ class PipelineBridge(QObject):
         try:
             area = self.display_area() if self.display_area is not None else (0, 0)
             cpu = time.thread_time()
-            display = scale_for_display(result.frame.image, area)
+            display = scale_for_display(result.frame.image, area, self._free_buffer(result.frame.image, area))
             self.scale_cpu_ms.append((time.thread_time() - cpu) * 1e3)
         except Exception:       # the GUI scales the frame itself then
             log.debug("display scaling failed", exc_info=True)
             display = None
         with self._lock:
             if session != self._session:
+                self.display_idle.set()
                 return
             if self._latest is not None:
                 self.gui_skipped += 1            # the GUI had not taken the previous one yet
@@ -108,13 +124,38 @@ class PipelineBridge(QObject):
             self._notified = True
         if notify:
             self.frame_ready.emit()
+        # Off the interpreter lock until the GUI has painted it: reading the next frame now
+        # would only compete with the paint (the next frame is a frame period away).
+        self.display_idle.wait(DISPLAY_WAIT_S)
+
+    def _free_buffer(self, image: np.ndarray, area: tuple[int, int]) -> np.ndarray | None:
+        """A display buffer neither shown nor waiting to be shown (None: the frame fits as it is)."""
+        width, height = display_size((image.shape[1], image.shape[0]), area)
+        if (width, height) == (image.shape[1], image.shape[0]):
+            return None
+        if not self._buffers or self._buffers[0].shape != (height, width, 3):
+            self._buffers = [np.empty((height, width, 3), np.uint8) for _ in range(3)]
+        with self._lock:
+            busy = [self._shown, self._latest[1] if self._latest is not None else None]
+        return next(b for b in self._buffers if not any(b is other for other in busy))
 
     def take_result(self) -> tuple[FrameResult, Any] | tuple[None, None]:
-        """(the newest result since the last call, its frame scaled for display), or (None, None)."""
+        """(the newest result since the last call, its frame scaled for display), or (None, None).
+        Nothing to paint opens the display gate again."""
         with self._lock:
             latest, self._latest = self._latest, None
             self._notified = False
-        return latest if latest is not None else (None, None)
+        if latest is None:
+            self.display_idle.set()
+            return None, None
+        return latest
+
+    def frame_shown(self, display: Any = None) -> None:
+        """The GUI thread has painted the frame from `take_result` (`display`: its scaled
+        pixels, kept on screen until the next one): the analysis may go on."""
+        with self._lock:
+            self._shown = display
+        self.display_idle.set()
 
     def _on_state(self, session: int, status: SourceStatus) -> None:
         if session == self._session:
@@ -143,7 +184,7 @@ class PipelineBridge(QObject):
             self.state_changed.emit("reconnecting", f"opening {source}")
             try:
                 pipe = LivePipeline(source, config=self.config, sizer=self.sizer, detector=self.detector,
-                                    backend=self.backend, boxes=self.boxes,
+                                    backend=self.backend, boxes=self.boxes, display_gate=self.display_idle,
                                     on_result=lambda r: self._on_result(session, r),
                                     on_state=lambda s: self._on_state(session, s))
             except HagviewError as exc:
@@ -226,6 +267,7 @@ class PipelineBridge(QObject):
             pipe = self.pipeline
             if pipe is None:
                 continue
+            self.display_idle.wait(DISPLAY_WAIT_S)     # between a paint and the next arrival
             try:
                 stats = pipe.stats()
             except Exception:       # counters change under our feet; the next poll will do
@@ -246,6 +288,7 @@ class PipelineBridge(QObject):
             pipe.stop()
         with self._lock:
             self._latest = None
+        self.display_idle.set()
 
     def shutdown(self, timeout: float = 15.0) -> RecordingSummary | None:
         """Finish a recording, stop the pipeline and the threads (blocks; at exit only).

@@ -14,7 +14,7 @@ from collections import deque
 import cv2
 import numpy as np
 from PyQt6.QtCore import QPointF, QRectF, QSize, Qt, pyqtSignal
-from PyQt6.QtGui import QColor, QFont, QFontMetricsF, QImage, QPainter, QPainterPath, QPen
+from PyQt6.QtGui import QColor, QFont, QFontMetricsF, QImage, QPainter, QPen
 from PyQt6.QtWidgets import QSizePolicy, QWidget
 
 from pipeline.overlay import SYNTHETIC_MARK, track_colour
@@ -56,22 +56,33 @@ def fit_rect(image_width: int, image_height: int, area: QRectF) -> QRectF:
     return QRectF(area.x() + (area.width() - width) / 2, area.y() + (area.height() - height) / 2, width, height)
 
 
-def scale_for_display(image: np.ndarray, area: tuple[int, int]) -> np.ndarray:
+def display_size(image_size: tuple[int, int], area: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) at which a frame of `image_size` (width, height) is shown in `area`
+    (device pixels), aspect kept; the frame's own size when the area is empty."""
+    width, height = image_size
+    area_w, area_h = area
+    if area_w <= 0 or area_h <= 0:
+        return width, height
+    scale = min(area_w / width, area_h / height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def scale_for_display(image: np.ndarray, area: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
     """The frame at the size it will be shown in `area` (device pixels), aspect kept.
 
     The bridge runs it on the pipeline's capture thread, so the GUI thread only blits the picture
     1:1 (cv2's bilinear resize releases the GIL; Qt's smooth scaled blit would hold the GUI thread).
+    `out`: a buffer of the display size to write into (no fresh 4-6 MB allocation per frame).
     The frame itself comes back unchanged when it already fits exactly.
     """
     height, width = image.shape[:2]
-    area_w, area_h = area
-    if area_w <= 0 or area_h <= 0:
-        return image
-    scale = min(area_w / width, area_h / height)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    size = display_size((width, height), area)
     if size == (width, height):
         return image
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 0.5 else cv2.INTER_LINEAR)
+    if out is not None and out.shape != (size[1], size[0], 3):
+        out = None
+    interpolation = cv2.INTER_AREA if size[0] < width / 2 else cv2.INTER_LINEAR
+    return cv2.resize(image, size, dst=out, interpolation=interpolation)
 
 
 def track_text(report: TrackReport) -> str:
@@ -89,12 +100,11 @@ def paint_overlay(painter: QPainter, tracks: list[TrackReport], target: QRectF, 
     """
     scale = target.width() / max(1, image_size[0])
     painter.save()
-    painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
-    font = QFont(painter.font())
-    font.setPixelSize(max(9, round(font_px)))
-    font.setBold(True)
+    # Boxes and label plates are axis-aligned: drawn without antialiasing they stay crisp and
+    # cost less (text keeps its own antialiasing).
+    painter.setRenderHint(QPainter.RenderHint.Antialiasing, False)
+    font, metrics = _overlay_font(painter.font(), max(9, round(font_px)))
     painter.setFont(font)
-    metrics = QFontMetricsF(font)
     line = max(2.0, font_px / 6.0)
     for report in tracks:
         if not report.confirmed:
@@ -123,14 +133,26 @@ def paint_overlay(painter: QPainter, tracks: list[TrackReport], target: QRectF, 
         if y < target.top():                 # no room above: inside the top edge of the box
             y = box.top() + line
         label = QRectF(x, y, width, height)
-        path = QPainterPath()
-        path.addRoundedRect(label, pad, pad)
-        painter.fillPath(path, QColor(0, 0, 0, 80 if faded else 170))
+        painter.fillRect(label, QColor(0, 0, 0, 80 if faded else 170))
         painter.setPen(colour)
         painter.drawText(label, Qt.AlignmentFlag.AlignCenter, text)
     if synthetic:
         _banner(painter, target, SYNTHETIC_MARK, QColor(170, 20, 20, 215), font, metrics, bottom=True)
     painter.restore()
+
+
+_FONTS: dict[tuple[str, int], tuple[QFont, QFontMetricsF]] = {}
+
+
+def _overlay_font(base: QFont, pixel_size: int) -> tuple[QFont, QFontMetricsF]:
+    """The bold overlay font of `pixel_size` and its metrics, made once per size."""
+    key = (base.key(), pixel_size)
+    if key not in _FONTS:
+        font = QFont(base)
+        font.setPixelSize(pixel_size)
+        font.setBold(True)
+        _FONTS[key] = (font, QFontMetricsF(font))
+    return _FONTS[key]
 
 
 def _banner(painter: QPainter, target: QRectF, text: str, background: QColor, font: QFont,

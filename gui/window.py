@@ -310,6 +310,7 @@ class ViewerWindow(QMainWindow):
         if result is None:
             return
         self.video.show_result(result, display)     # painted before this returns
+        self.bridge.frame_shown(display)
         self.panel.add_result(result)
         self.latest = result
         self._frames_shown += 1

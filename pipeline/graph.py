@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 EDGE_POLICIES = ("latest", "blocking")
+GATE_WAIT_S = 0.008     # the longest a stage waits for a closed `StageGraph` gate
 
 
 class EdgeClosed(Exception):
@@ -347,12 +348,20 @@ class StageGraph:
     each thread has its own nice value; elsewhere it is ignored): the live pipeline runs its
     analysis below the threads that capture and show the video, so on a machine with few cores
     inference gives way to the picture rather than the other way round.
+
+    `gate`: an event the stage threads wait for (at most `GATE_WAIT_S`) before each stage
+    part. Nice values share the cores but not the interpreter lock: a consumer whose work is
+    more urgent than the analysis (the viewer, from a frame's arrival to its paint) clears it
+    while that work runs, so the analysis does not start Python work that the urgent threads
+    would then wait for. The wait is bounded: a consumer that never sets it slows the
+    analysis down, it cannot stop it.
     """
 
     def __init__(self, stages: Iterable[Stage], sink: Callable[[Any], None], *, policy: str,
                  capacity: int = 4, origin_stamp: str = "capture",
                  on_error: Callable[[BaseException], None] | None = None,
-                 latency: LatencyStats | None = None, nice: int = 0) -> None:
+                 latency: LatencyStats | None = None, nice: int = 0,
+                 gate: threading.Event | None = None) -> None:
         self.stages = list(stages)
         if not self.stages:
             raise ValueError("a StageGraph needs at least one stage")
@@ -363,6 +372,7 @@ class StageGraph:
         if not (isinstance(nice, int) and 0 <= nice <= 19):
             raise ValueError(f"StageGraph nice must be an integer in [0, 19], got {nice!r}")
         self.nice = nice
+        self.gate = gate
         self.edges = [make_edge(policy, f"in:{s.name}", capacity) for s in self.stages]
         self.latency = latency or LatencyStats()
         self.fps_in = FpsMeter()
@@ -427,6 +437,7 @@ class StageGraph:
         order = self._order[i]
         parallel = self._workers[i] > 1
         busy = self._busy[i][worker]
+        gate = self.gate
         try:
             while not self._stop.is_set():
                 try:
@@ -444,6 +455,11 @@ class StageGraph:
                     self.latency.add(f"{stage.name}.wait", max(0.0, started - previous))
                     result, done = item, started
                     for part in stage.parts:
+                        if gate is not None and not gate.is_set():
+                            gate.wait(GATE_WAIT_S)
+                            held = time.perf_counter()
+                            self.latency.add(f"{part.name}.gate", held - done)
+                            done = held
                         result = part.process(result)
                         finished = time.perf_counter()
                         self.latency.add(part.name, finished - done)

@@ -444,13 +444,19 @@ class LivePipeline:
     "ground-truth" for the demo's own); "demo" without a detector uses its ground truth.
     Files replay at their media time x `set_speed()`; at the end the state is "ended" and
     the pipeline waits (paused) for a seek. After a seek the tracker and smoothers start over.
+
+    `display_gate`: for a consumer that shows the frames (the viewer). The capture thread clears
+    it as each frame arrives, before handing it on; the consumer sets it once that frame is on
+    screen. Meanwhile the analysis threads start no stage (`StageGraph` gate, at most
+    `graph.GATE_WAIT_S` each), so the display path does not queue for the interpreter lock behind
+    tracking or smoothing; it has the cores by `runtime.analysis_nice` already.
     """
 
     def __init__(self, source: "str | VideoSource" = "demo", config: RunConfig | None = None, sizer: str | Path | None = None,
                  detector: str | Path | None = None, backend: str = "auto",
                  on_result: Callable[[FrameResult], None] | None = None,
                  on_state: Callable[[SourceStatus], None] | None = None, *,
-                 boxes: str | Path | None = None) -> None:
+                 boxes: str | Path | None = None, display_gate: threading.Event | None = None) -> None:
         self.config = config or load_run_config(None)
         self.on_result = on_result or (lambda result: None)
         self.on_state = on_state or (lambda status: None)
@@ -479,7 +485,8 @@ class LivePipeline:
         self.latency = LatencyStats(self.config.runtime.stats_window)
         self.graph = StageGraph(self.analysis.stages(), sink=self._publish, policy="latest",
                                 latency=self.latency, on_error=self._analysis_failed,
-                                nice=self.config.runtime.analysis_nice)
+                                nice=self.config.runtime.analysis_nice, gate=display_gate)
+        self._display_gate = display_gate
         self._board = _OverlayBoard()
         self.fps_in = FpsMeter()
         self.fps_out = FpsMeter()
@@ -645,6 +652,8 @@ class LivePipeline:
                     if wait > 1.0:
                         self._resync = True
                 frame.stamps["capture"] = time.perf_counter()
+                if self._display_gate is not None:
+                    self._display_gate.clear()      # the consumer sets it when the frame is shown
                 self.fps_in.tick()
                 self.graph.feed(Work(frame=frame, generation=self._generation))
                 self._emit(frame)

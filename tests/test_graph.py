@@ -231,3 +231,43 @@ def test_chained_stages_share_a_thread_and_keep_their_own_timings():
     assert set(graph.stats()["edges"]) == {"in:a+b+c"}
     with pytest.raises(ValueError, match="several workers"):
         chain([step("x"), Stage("y", lambda item: item, workers=2)])
+
+
+def test_a_closed_gate_holds_each_stage_until_opened_or_the_bound():
+    from pipeline.graph import GATE_WAIT_S
+
+    started = []
+    gate = threading.Event()                     # closed: the consumer's urgent work is running
+
+    def record(item):
+        started.append(time.perf_counter())
+        return item
+
+    out = []
+    graph = StageGraph([Stage("a", record), Stage("b", record)], sink=out.append, policy="blocking", gate=gate)
+    graph.start()
+    fed = time.perf_counter()
+    graph.feed(Item(0))
+    time.sleep(0.001)
+    opened = time.perf_counter()
+    gate.set()
+    graph.feed(Item(1))
+    graph.close_input()
+    graph.join(5.0)
+    assert [it.n for it in out] == [0, 1]
+    # item 0's first stage waited for the gate (it opened after ~1 ms, before the bound) ...
+    assert started[0] >= opened
+    assert started[0] - fed < GATE_WAIT_S + 0.05
+    # ... and a gate that stays shut only delays: the bound lets each stage through
+    gate.clear()
+    out.clear()
+    graph = StageGraph([Stage("a", record), Stage("b", record)], sink=out.append, policy="blocking", gate=gate)
+    graph.start()
+    t0 = time.perf_counter()
+    graph.feed(Item(2))
+    graph.close_input()
+    graph.join(5.0)
+    assert [it.n for it in out] == [2]
+    assert time.perf_counter() - t0 >= 2 * GATE_WAIT_S * 0.9       # both stages waited out the bound
+    latency = graph.stats()["latency"]
+    assert latency["a.gate"]["count"] == 1 and latency["a.gate"]["p50_ms"] >= GATE_WAIT_S * 900

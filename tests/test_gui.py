@@ -27,10 +27,11 @@ from PyQt6.QtTest import QTest
 from PyQt6.QtWidgets import QApplication
 
 from gui.app import main as hagview_main
-from gui.bridge import PipelineBridge
+from gui.bridge import DISPLAY_WAIT_S, PipelineBridge
 from gui.video import qimage_to_rgb
 from gui.window import ViewerOptions, ViewerWindow
 from pipeline.config import load_run_config
+from pipeline.graph import GATE_WAIT_S
 from pipeline.overlay import track_colour
 from pipeline.runtime import default_bundle
 
@@ -407,3 +408,64 @@ def test_recorder_keeps_time_going_forward_across_a_seek(tmp_path):
     assert len(frames) == 30 and frames[0].width == 64 and frames[0].height == 48
     assert all(b > a for a, b in zip(times, times[1:]))
     assert times[-1] == pytest.approx(29 / 25, abs=1e-3)      # continued one frame after the seek
+
+
+# --- the display gate and the display buffers --------------------------------------------------
+def test_display_gate_is_shut_from_arrival_to_paint_and_analysis_goes_on(qapp, tmp_path, synth_file):
+    video, truth = synth_file
+    bridge, window = open_viewer(str(video), tmp_path, boxes=truth)
+    at_arrival, after_paint, held = [], [], []
+    bridge_on_result = bridge._on_result
+
+    def watch(session, result):               # on the capture thread, as the pipeline calls it
+        at_arrival.append(bridge.display_idle.is_set())
+        started = time.perf_counter()
+        bridge_on_result(session, result)
+        held.append(time.perf_counter() - started)
+        after_paint.append(bridge.display_idle.is_set())
+    bridge._on_result = watch
+    try:
+        wait_for(lambda: window.video.frames_painted >= 30 and any(r.confirmed for r in window.latest.tracks),
+                 what="30 painted frames with tracks")
+        pipe = bridge.pipeline
+        assert pipe.graph.gate is bridge.display_idle
+        # The capture thread shut the gate before handing each frame on; a paint opened it
+        # again, or the capture thread went on after the bound (this test's event loop only
+        # runs every 10 ms or so).
+        assert at_arrival and not any(at_arrival)
+        assert any(after_paint)
+        assert max(held) < DISPLAY_WAIT_S + 0.05
+        # The analysis kept up behind the gate: most frames were analysed, each stage waited
+        # at most the bound.
+        stats = pipe.stats()
+        assert stats["latency"]["track"]["count"] >= 0.7 * window.video.frames_painted
+        gated = [v for k, v in stats["latency"].items() if k.endswith(".gate")]
+        assert all(v["max_ms"] <= 1000 * GATE_WAIT_S + 20 for v in gated)
+    finally:
+        close_viewer(bridge, window)
+    assert bridge.display_idle.is_set(), "a stopped pipeline leaves the gate open"
+
+
+def test_display_buffers_are_reused_but_never_the_shown_or_pending_one(qapp):
+    from gui.video import scale_for_display
+
+    bridge = PipelineBridge(stats_interval_s=0.2)
+    try:
+        frame = np.random.default_rng(0).integers(0, 255, (1080, 1920, 3), dtype=np.uint8)
+        area = (1586, 892)
+        seen = set()
+        for _ in range(6):
+            out = bridge._free_buffer(frame, area)
+            shown = bridge._shown
+            pending = bridge._latest[1] if bridge._latest is not None else None
+            assert out is not shown and out is not pending
+            display = scale_for_display(frame, area, out)
+            assert display is out and display.shape == (892, 1586, 3)
+            np.testing.assert_array_equal(display, scale_for_display(frame, area))   # same pixels
+            seen.add(id(out))
+            bridge._latest = (None, display)          # waiting for the GUI ...
+            bridge.frame_shown(shown if len(seen) % 2 else pending)   # ... which shows an older one
+        assert len(seen) == 3, "three buffers in turn, no fresh array per frame"
+        assert bridge._free_buffer(frame, (1920, 1080)) is None, "a frame that fits is shown as it is"
+    finally:
+        bridge.shutdown()
