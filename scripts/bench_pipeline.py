@@ -97,22 +97,9 @@ def synthetic_data(args) -> Path:
 
 def stand_in_sizer() -> Path:
     """An untrained hag_resnet18 sizer at 224 px (throughput only), exported once."""
-    out = CACHE / "bench-pipeline-untrained-sizer"
-    if (out / "bundle.json").is_file():
-        return out
-    import torch
+    from trainer.export.standin import export_untrained_sizer
 
-    from trainer.export.exporter import export_bundle
-    from trainer.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model("hag_resnet18", streams=("rgb", "mask"), input_size=224, head="regression").eval()
-    spec = {"streams": ["rgb", "mask"], "size": 224, "mean": [0.485, 0.456, 0.406],
-            "std": [0.229, 0.224, 0.225], "fov_masking": True, "box_grow": 0.5}
-    export_bundle(model, {"kind": "sizer", "architecture": "hag_resnet18", "init_kwargs": model.init_kwargs,
-                          "input_spec": spec, "data": {"kind": "synthetic", "synthetic": True},
-                          "metrics": {}}, out)
-    return out
+    return export_untrained_sizer(CACHE / "bench-pipeline-untrained-sizer", input_size=224)
 
 
 # ---------------------------------------------------------------------------------------------

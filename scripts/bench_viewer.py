@@ -88,22 +88,10 @@ def make_clip(cache: Path, width: int, height: int, fps: float, seconds: float, 
 
 def tiny_sizer(cache: Path) -> Path:
     """An untrained small sizer bundle: the inference work is real, the sizes are not."""
-    out = cache / "tiny-untrained-sizer"
-    if (out / "bundle.json").exists():
-        return out
-    import torch
-    from trainer.export import export_bundle
-    from trainer.models import build_model
+    from trainer.export.standin import export_untrained_sizer
 
-    torch.manual_seed(0)
-    model = build_model("hag_resnet18", streams=("rgb", "mask"), input_size=128, width_mult=0.25, hidden=32,
-                        head="both").eval()
-    metadata = {"kind": "sizer", "input_spec": {"streams": ["rgb", "mask"], "size": 128, "mean": [0.5, 0.45, 0.4],
-                                                 "std": [0.25, 0.25, 0.25], "fov_masking": True, "box_grow": 0.5},
-                "config": {}, "metrics": {}, "data": {"kind": "synthetic", "root": "-", "synthetic": True},
-                "epoch": 0, "fold": 0, "git_commit": None}
-    export_bundle(model, metadata, out, exporter="legacy")
-    return out
+    return export_untrained_sizer(cache / "tiny-untrained-sizer", input_size=128, head="both", width_mult=0.25,
+                                  hidden=32, mean=(0.5, 0.45, 0.4), std=(0.25, 0.25, 0.25), exporter="legacy")
 
 
 def run_viewer(video: Path, *, sizer, detector, boxes, backend: str, window_size: tuple[int, int],

@@ -99,24 +99,11 @@ def decode_images(path: Path) -> list[np.ndarray]:
 
 def tiny_sizer_bundle(tmp_path_factory) -> Path:
     """An untrained, tiny HAG ResNet sizer exported with trainer.export (once per session)."""
-    root = tmp_path_factory.getbasetemp() / "tiny-sizer-bundle"
-    if (root / "bundle.json").is_file():
-        return root
-    import torch
+    from trainer.export.standin import export_untrained_sizer
 
-    from trainer.export.exporter import export_bundle
-    from trainer.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model("hag_resnet18", streams=("rgb", "mask"), input_size=32, width_mult=0.125,
-                        head="regression", hidden=8).eval()
-    spec = {"streams": ["rgb", "mask"], "size": 32, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-            "fov_masking": True, "box_grow": 0.5}
-    metadata = {"kind": "sizer", "architecture": "hag_resnet18", "init_kwargs": model.init_kwargs,
-                "input_spec": spec, "data": {"kind": "synthetic", "synthetic": True}, "metrics": {}}
     # The TorchScript ("legacy") exporter: the same bundle, seconds faster than dynamo for a test.
-    export_bundle(model, metadata, root, exporter="legacy")
-    return root
+    return export_untrained_sizer(tmp_path_factory.getbasetemp() / "tiny-sizer-bundle", input_size=32,
+                                  width_mult=0.125, hidden=8, exporter="legacy")
 
 
 def tiny_detector_bundle(tmp_path_factory) -> Path:

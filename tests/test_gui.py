@@ -49,20 +49,11 @@ def sizer_bundle(tmp_path_factory):
     committed = default_bundle("sizer")
     if committed is not None:
         return committed
-    import torch
-    from trainer.export import export_bundle
-    from trainer.models import build_model
+    from trainer.export.standin import export_untrained_sizer
 
-    torch.manual_seed(0)
-    model = build_model("hag_resnet18", streams=("rgb", "mask"), input_size=64, width_mult=0.125, hidden=16,
-                        head="both").eval()
-    metadata = {"kind": "sizer", "input_spec": {"streams": ["rgb", "mask"], "size": 64, "mean": [0.5, 0.45, 0.4],
-                                                 "std": [0.25, 0.25, 0.25], "fov_masking": True, "box_grow": 0.5},
-                "config": {}, "metrics": {}, "data": {"kind": "synthetic", "root": "-", "synthetic": True},
-                "epoch": 0, "fold": 0, "git_commit": None}
-    out = tmp_path_factory.mktemp("bundles") / "sizer"
-    export_bundle(model, metadata, out, exporter="legacy")
-    return out
+    return export_untrained_sizer(tmp_path_factory.mktemp("bundles") / "sizer", input_size=64, head="both",
+                                  width_mult=0.125, hidden=16, mean=(0.5, 0.45, 0.4), std=(0.25, 0.25, 0.25),
+                                  exporter="legacy")
 
 
 @pytest.fixture(scope="module")
