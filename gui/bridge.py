@@ -1,17 +1,20 @@
 """Between the pipeline's threads and the GUI thread.
 
-- Frames: the pipeline calls `on_result` on its capture thread. There the frame is offered to
-  the recorder (a non-blocking put), scaled to the video area (cv2, ~2 ms for 1080p, without the
-  GIL; the analysis already has the frame, so nothing waits on it), left in a latest-value slot
-  and, when the GUI has not been told yet, announced with `frame_ready` (delivered on the GUI
-  thread as a queued signal). The GUI takes the newest frame; there is never more than one
-  notification waiting, so a slow paint skips frames instead of piling them up. One thread hop
-  from decoder to paint: a display thread in between cost a wake-up and a GIL hand-over per frame.
+- Frames: the pipeline calls `prepare` and then `on_result` on its capture thread. `prepare`
+  scales the frame to the video area (cv2, ~2 ms for 1080p, without the GIL) into one of four
+  reused buffers; for a replayed file the pipeline calls it while the decoded frame waits for
+  its media time, for a live source as the frame arrives. `on_result` offers the frame to the
+  recorder (a non-blocking put), leaves it in a latest-value slot and, when the GUI has not been
+  told yet, announces it with `frame_ready` (delivered on the GUI thread as a queued signal).
+  The GUI takes the newest frame; there is never more than one notification waiting, so a slow
+  paint skips frames instead of piling them up. One thread hop from decoder to paint: a display
+  thread in between cost a wake-up and a GIL hand-over per frame.
 - The display gate: from a frame's arrival until the GUI reports it painted (`frame_shown`),
   the analysis threads start no stage and the capture thread waits (at most
-  `DISPLAY_WAIT_S`) before reading the next frame, so the scaling and the paint never queue
-  for the interpreter lock behind Python work that can wait a few milliseconds. On the 2-core
-  machine of docs/results.md §4 this took the arrival-to-paint p99 from 11-13 ms to 5-7.6 ms.
+  `DISPLAY_WAIT_S`) before reading the next frame, so the paint never queues for the
+  interpreter lock behind Python work that can wait a few milliseconds.
+- After loading a pipeline, everything alive is frozen out of the garbage collector's reach
+  (`freeze_loaded_objects`), so no full collection stops every thread during playback.
 - Commands (open, pause, seek, speed, threshold, snapshot, stopping a recording): run one at a
   time on a control thread, because some of them wait (opening a device, loading models, a seek
   that decodes, finishing an MP4); failures come back as `command_failed(message)`.
@@ -31,9 +34,9 @@ from typing import Any, Callable
 import numpy as np
 from PyQt6.QtCore import QObject, pyqtSignal
 
-from pipeline.runtime import LivePipeline
-from pipeline.sources.base import SourceStatus
-from pipeline.types import FrameResult
+from pipeline.runtime import LivePipeline, freeze_loaded_objects
+from pipeline.sources.base import SourceStatus, VideoSource
+from pipeline.types import Frame, FrameResult
 from trainer.errors import HagviewError
 
 from .recorder import Recorder, RecordingSummary
@@ -43,6 +46,7 @@ from .video import ARRIVAL_STAMP, display_size, scale_for_display
 log = logging.getLogger(__name__)
 
 DISPLAY_WAIT_S = 0.010     # the longest the capture thread waits for its frame to be painted
+DISPLAY_BUFFERS = 4        # reused display-sized frames
 
 
 @dataclass
@@ -80,23 +84,39 @@ class PipelineBridge(QObject):
         self.recorder: Recorder | None = None
         self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hagview-control")
         self._lock = threading.Lock()
-        self._latest: tuple[FrameResult, Any] | None = None
+        self._latest: FrameResult | None = None
         self._notified = False
         self.gui_skipped = 0
         self.scale_cpu_ms: deque[float] = deque(maxlen=3000)    # display scaling CPU per frame
         self.display_area: Callable[[], tuple[int, int]] | None = None   # the video area, device pixels
         self.display_idle = threading.Event()    # clear from a frame's arrival to its paint
         self.display_idle.set()
-        # Display-sized frames are written into three reused buffers: one the GUI shows, one
-        # waiting for it, one being written (a fresh 4-6 MB array per frame costs page faults).
+        # Display-sized frames are written into reused buffers (a fresh 4-6 MB array per frame
+        # costs page faults): one on screen, one being painted, one waiting, one being written.
         self._buffers: list[np.ndarray] = []
         self._shown: np.ndarray | None = None
+        self._painting: np.ndarray | None = None
         self._session = 0
         self._closing = threading.Event()
         self._stats_thread = threading.Thread(target=self._stats_loop, name="hagview-stats", daemon=True)
         self._stats_thread.start()
 
     # --- frames (capture thread -> GUI thread) -----------------------------------------------
+    def _prepare(self, session: int, frame: Frame) -> np.ndarray | None:
+        """The frame scaled to the video area (None: it fits as it is, or scaling failed and the
+        GUI scales it). For a replayed file this runs before the frame's media time."""
+        if session != self._session:
+            return None
+        try:
+            area = self.display_area() if self.display_area is not None else (0, 0)
+            cpu = time.thread_time()
+            display = scale_for_display(frame.image, area, self._free_buffer(frame.image, area))
+            self.scale_cpu_ms.append((time.thread_time() - cpu) * 1e3)
+        except Exception:
+            log.debug("display scaling failed", exc_info=True)
+            return None
+        return None if display is frame.image else display
+
     def _on_result(self, session: int, result: FrameResult) -> None:
         if session != self._session or self._closing.is_set():
             self.display_idle.set()
@@ -105,21 +125,13 @@ class PipelineBridge(QObject):
         recorder = self.recorder
         if recorder is not None:
             recorder.offer(result)
-        try:
-            area = self.display_area() if self.display_area is not None else (0, 0)
-            cpu = time.thread_time()
-            display = scale_for_display(result.frame.image, area, self._free_buffer(result.frame.image, area))
-            self.scale_cpu_ms.append((time.thread_time() - cpu) * 1e3)
-        except Exception:       # the GUI scales the frame itself then
-            log.debug("display scaling failed", exc_info=True)
-            display = None
         with self._lock:
             if session != self._session:
                 self.display_idle.set()
                 return
             if self._latest is not None:
                 self.gui_skipped += 1            # the GUI had not taken the previous one yet
-            self._latest = (result, display)
+            self._latest = result
             notify = not self._notified
             self._notified = True
         if notify:
@@ -129,32 +141,34 @@ class PipelineBridge(QObject):
         self.display_idle.wait(DISPLAY_WAIT_S)
 
     def _free_buffer(self, image: np.ndarray, area: tuple[int, int]) -> np.ndarray | None:
-        """A display buffer neither shown nor waiting to be shown (None: the frame fits as it is)."""
+        """A display buffer that is not on screen, being painted or waiting to be (None: the
+        frame fits as it is, or all are in use and scaling allocates a fresh one)."""
         width, height = display_size((image.shape[1], image.shape[0]), area)
         if (width, height) == (image.shape[1], image.shape[0]):
             return None
         if not self._buffers or self._buffers[0].shape != (height, width, 3):
-            self._buffers = [np.empty((height, width, 3), np.uint8) for _ in range(3)]
+            self._buffers = [np.empty((height, width, 3), np.uint8) for _ in range(DISPLAY_BUFFERS)]
         with self._lock:
-            busy = [self._shown, self._latest[1] if self._latest is not None else None]
-        return next(b for b in self._buffers if not any(b is other for other in busy))
+            busy = [self._shown, self._painting, self._latest.display if self._latest is not None else None]
+        return next((b for b in self._buffers if not any(b is other for other in busy)), None)
 
-    def take_result(self) -> tuple[FrameResult, Any] | tuple[None, None]:
-        """(the newest result since the last call, its frame scaled for display), or (None, None).
-        Nothing to paint opens the display gate again."""
+    def take_result(self) -> FrameResult | None:
+        """The newest result since the last call (`display`: its frame scaled for the video
+        area, or None), or None. Nothing to paint opens the display gate again."""
         with self._lock:
             latest, self._latest = self._latest, None
             self._notified = False
+            if latest is not None:
+                self._painting = latest.display
         if latest is None:
             self.display_idle.set()
-            return None, None
         return latest
 
     def frame_shown(self, display: Any = None) -> None:
         """The GUI thread has painted the frame from `take_result` (`display`: its scaled
         pixels, kept on screen until the next one): the analysis may go on."""
         with self._lock:
-            self._shown = display
+            self._shown, self._painting = display, None
         self.display_idle.set()
 
     def _on_state(self, session: int, status: SourceStatus) -> None:
@@ -174,33 +188,37 @@ class PipelineBridge(QObject):
             return None
         return self._control.submit(run)
 
-    def open(self, source: str) -> Future:
-        """Stop the current pipeline (if any) and start one on `source`; errors go to the window
-        as the "error" state, the program keeps running."""
+    def open(self, source: str | VideoSource) -> Future:
+        """Stop the current pipeline (if any) and start one on `source` (a spec, or a source
+        already opened); errors go to the window as the "error" state, the program keeps running."""
+        spec = source if isinstance(source, str) else source.name
+
         def work():
             self._stop_pipeline()
             self._session += 1
             session = self._session
-            self.state_changed.emit("reconnecting", f"opening {source}")
+            self.state_changed.emit("reconnecting", f"opening {spec}")
             try:
                 pipe = LivePipeline(source, config=self.config, sizer=self.sizer, detector=self.detector,
                                     backend=self.backend, boxes=self.boxes, display_gate=self.display_idle,
+                                    prepare=lambda frame: self._prepare(session, frame),
                                     on_result=lambda r: self._on_result(session, r),
                                     on_state=lambda s: self._on_state(session, s))
             except HagviewError as exc:
                 self.state_changed.emit("error", str(exc))
                 return
             except Exception as exc:
-                log.debug("opening %s failed", source, exc_info=True)
-                self.state_changed.emit("error", f"{source}: {type(exc).__name__}: {exc}")
+                log.debug("opening %s failed", spec, exc_info=True)
+                self.state_changed.emit("error", f"{spec}: {type(exc).__name__}: {exc}")
                 return
+            freeze_loaded_objects()
             src = pipe.source
-            self.info = SourceInfo(spec=source, duration=pipe.duration, fps=src.fps, seekable=src.seekable,
+            self.info = SourceInfo(spec=spec, duration=pipe.duration, fps=src.fps, seekable=src.seekable,
                                    live=src.is_live, backend=pipe.backend_name, model_info=pipe.model_info)
             self.pipeline = pipe
             self.opened.emit(self.info)
             pipe.start()
-        return self._submit(f"open {source}", work)
+        return self._submit(f"open {spec}", work)
 
     def _call(self, what: str, method: str, *args) -> Future:
         def work():

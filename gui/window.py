@@ -306,11 +306,11 @@ class ViewerWindow(QMainWindow):
 
     # --- pipeline events --------------------------------------------------------------------
     def _on_frame(self) -> None:
-        result, display = self.bridge.take_result()
+        result = self.bridge.take_result()
         if result is None:
             return
-        self.video.show_result(result, display)     # painted before this returns
-        self.bridge.frame_shown(display)
+        self.video.show_result(result, result.display)     # painted before this returns
+        self.bridge.frame_shown(result.display)
         self.panel.add_result(result)
         self.latest = result
         self._frames_shown += 1

@@ -22,6 +22,7 @@ from trainer.config import config_to_dict, parse_overrides, parse_section, read_
 from trainer.errors import ConfigError
 from trainer.videowriter import X264_PRESETS
 
+from .graph import STAGE_PRIORITIES
 from .quality import QualityAssessor
 from .smoothing import SizeSmoother
 from .tracker import Tracker
@@ -91,7 +92,7 @@ class RuntimeConfig:
     offline_queue_capacity: int = 8       # blocking queues of offline annotation (frames per edge)
     stats_window: int = 3000              # latency samples kept per stage
     inference_threads: int = 0            # per engine; 0: auto (offline 1, live the backend's default)
-    analysis_nice: int = 10               # live: analysis threads this much below capture and display (0: off)
+    analysis_priority: str = _choices("idle", STAGE_PRIORITIES)   # live: analysis threads against capture and display
 
 
 def _schema_from_signature(name: str, cls: type) -> type:
@@ -185,7 +186,6 @@ def _check_values(cfg: RunConfig, source: str) -> None:
     need(cfg.detect.workers >= 1, "detect.workers", ">= 1", cfg.detect.workers)
     need(cfg.size.workers >= 1, "size.workers", ">= 1", cfg.size.workers)
     need(cfg.size.time_budget_ms >= 0, "size.time_budget_ms", ">= 0 (0: no budget)", cfg.size.time_budget_ms)
-    need(0 <= cfg.runtime.analysis_nice <= 19, "runtime.analysis_nice", "in [0, 19]", cfg.runtime.analysis_nice)
     need(0 <= cfg.output.render_crf <= 51, "output.render_crf", "in [0, 51]", cfg.output.render_crf)
     need(cfg.output.render_preset in X264_PRESETS, "output.render_preset", f"one of {', '.join(X264_PRESETS)}",
          cfg.output.render_preset)

@@ -14,6 +14,7 @@ Graph (docs/design.md): capture -> preprocess -> detect -> track -> size -> smoo
 """
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import threading
@@ -28,7 +29,7 @@ import numpy as np
 from trainer.errors import ConfigError, HagviewError, SourceError
 
 from .config import RunConfig, load_run_config, section_kwargs
-from .graph import EdgeClosed, FpsMeter, LatencyStats, Stage, StageGraph, chain
+from .graph import EdgeClosed, FpsMeter, LatencyStats, Stage, StageGraph, call_at_priority, chain
 from .quality import QualityAssessor
 from .sizing import CONCURRENT_BACKENDS, TrackSizingStage, sizing_policy
 from .smoothing import TrackSizer
@@ -63,6 +64,17 @@ def share_cores_between_threads() -> None:
 
     sys.setswitchinterval(0.001)
     cv2.setNumThreads(1)
+
+
+def freeze_loaded_objects() -> None:
+    """Collect garbage once and move every object alive now (modules, models, the GUI) out of the
+    cyclic garbage collector's reach (`gc.freeze`). Called by the viewer after loading a pipeline,
+    on its control thread, while no video plays: without it a full collection in the middle of
+    playback walks the ~200,000 objects of the imported libraries while holding the interpreter
+    lock (measured: 110-125 ms on the 2-core machine of docs/results.md: every thread stopped
+    for three to four frame periods at 30 fps)."""
+    gc.collect()
+    gc.freeze()
 
 
 def default_bundle(kind: str) -> Path | None:
@@ -449,15 +461,23 @@ class LivePipeline:
     it as each frame arrives, before handing it on; the consumer sets it once that frame is on
     screen. Meanwhile the analysis threads start no stage (`StageGraph` gate, at most
     `graph.GATE_WAIT_S` each), so the display path does not queue for the interpreter lock behind
-    tracking or smoothing; it has the cores by `runtime.analysis_nice` already.
+    tracking or smoothing; it has the cores by `runtime.analysis_priority` already.
+
+    `prepare(frame)`: the consumer's own work on a frame that does not depend on the analysis
+    (the viewer scales it to its video area); what it returns comes back as `FrameResult.display`.
+    It runs on the capture thread: for a file replayed at its media time, while the decoded frame
+    waits for that time, as a player renders ahead; otherwise (live sources, steps, "as fast as
+    possible") right after the frame arrives, so there it is part of the display delay.
     """
 
     def __init__(self, source: "str | VideoSource" = "demo", config: RunConfig | None = None, sizer: str | Path | None = None,
                  detector: str | Path | None = None, backend: str = "auto",
                  on_result: Callable[[FrameResult], None] | None = None,
                  on_state: Callable[[SourceStatus], None] | None = None, *,
-                 boxes: str | Path | None = None, display_gate: threading.Event | None = None) -> None:
+                 boxes: str | Path | None = None, display_gate: threading.Event | None = None,
+                 prepare: Callable[[Frame], Any] | None = None) -> None:
         self.config = config or load_run_config(None)
+        self.prepare = prepare
         self.on_result = on_result or (lambda result: None)
         self.on_state = on_state or (lambda status: None)
         self._state = SourceStatus("paused", "not started")
@@ -476,8 +496,11 @@ class LivePipeline:
                 # ground-truth boxes rather than nothing.
                 log.warning("demo: no detector bundle, using the generator's ground-truth boxes")
                 boxes = GROUND_TRUTH_BOXES
-            self.analysis, self.model_info = build_analysis(self.config, sizer=sizer, detector=detector,
-                                                            boxes=boxes, backend=backend)
+            # Loaded at the analysis threads' priority, so that an engine's own worker threads
+            # (made with its session) run at it too.
+            self.analysis, self.model_info = call_at_priority(
+                self.config.runtime.analysis_priority, build_analysis, self.config, sizer=sizer,
+                detector=detector, boxes=boxes, backend=backend)
         except BaseException:
             self.source.close()
             raise
@@ -485,7 +508,7 @@ class LivePipeline:
         self.latency = LatencyStats(self.config.runtime.stats_window)
         self.graph = StageGraph(self.analysis.stages(), sink=self._publish, policy="latest",
                                 latency=self.latency, on_error=self._analysis_failed,
-                                nice=self.config.runtime.analysis_nice, gate=display_gate)
+                                priority=self.config.runtime.analysis_priority, gate=display_gate)
         self._display_gate = display_gate
         self._board = _OverlayBoard()
         self.fps_in = FpsMeter()
@@ -642,8 +665,12 @@ class LivePipeline:
                 if discard:
                     self.frames_discarded_paused += 1
                     continue
-                if not self.source.is_live and speed is not None and not emit_one:
-                    # Replay: release the frame at its media time (scaled by the speed).
+                paced = not self.source.is_live and speed is not None and not emit_one
+                if paced:
+                    # Replay: release the frame at its media time (scaled by the speed), prepared
+                    # for display before that.
+                    display = self._prepare(frame)
+                    now = time.perf_counter()
                     if self._resync:
                         t0, pts0, self._resync = now, frame.pts, False
                     wait = t0 + (frame.pts - pts0) / speed - now
@@ -656,7 +683,7 @@ class LivePipeline:
                     self._display_gate.clear()      # the consumer sets it when the frame is shown
                 self.fps_in.tick()
                 self.graph.feed(Work(frame=frame, generation=self._generation))
-                self._emit(frame)
+                self._emit(frame, display if paced else self._prepare(frame))
                 if self._state.state in ("ended", "paused", "error") and not self._paused and self.error is None:
                     self._set_state("playing")
         except EdgeClosed:
@@ -680,7 +707,16 @@ class LivePipeline:
         self._board.clear()
         self._resync = True
 
-    def _emit(self, frame: Frame) -> None:
+    def _prepare(self, frame: Frame) -> Any:
+        if self.prepare is None:
+            return None
+        try:
+            return self.prepare(frame)
+        except Exception:   # a consumer bug must not stop the video
+            log.exception("prepare callback failed")
+            return None
+
+    def _emit(self, frame: Frame, display: Any = None) -> None:
         """The video path: this frame with the newest overlay at or before it, at once."""
         overlay = self._board.newest_for(self._generation, frame.index)
         index, reports = overlay if overlay is not None else (frame.index, [])
@@ -689,7 +725,7 @@ class LivePipeline:
         frame.stamps["output"] = time.perf_counter()
         self.latency.add("display_path", frame.stamps["output"] - frame.stamps["capture"])
         try:
-            self.on_result(FrameResult(frame=frame, tracks=reports, overlay_frame_index=index))
+            self.on_result(FrameResult(frame=frame, tracks=reports, overlay_frame_index=index, display=display))
         except Exception:   # a consumer bug must not stop the video
             log.exception("on_result callback failed")
         self.latency.add("on_result", time.perf_counter() - frame.stamps["output"])

@@ -7,6 +7,7 @@ the frame they belong to. Times: `pts` is media time in seconds (from the contai
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -69,6 +70,8 @@ class FrameResult:
     frame: Frame
     tracks: list[TrackReport]
     overlay_frame_index: int           # frame the overlay was computed on (<= frame.index live)
+    display: Any = None                # the live consumer's prepared form of the frame (the
+                                       # viewer: its display-sized pixels), see LivePipeline
 
     @property
     def overlay_age_frames(self) -> int:

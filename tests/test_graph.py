@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from pipeline.graph import BlockingQueue, EdgeClosed, FpsMeter, LatencyStats, LatestSlot, Stage, StageGraph
+from pipeline.graph import (LOW_NICE, BlockingQueue, EdgeClosed, FpsMeter, LatencyStats, LatestSlot, Stage,
+                            StageGraph, call_at_priority)
 
 
 @dataclass
@@ -177,29 +178,46 @@ def test_parallel_workers_overlap_and_keep_the_order():
     assert graph.stats()["latency"]["infer"]["count"] == 24
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are a Linux feature")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread scheduling settings are a Linux feature")
 def test_stage_threads_run_below_the_caller_when_asked():
     import os
 
     seen = []
 
     def record(item):
-        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        tid = threading.get_native_id()
+        seen.append((os.sched_getscheduler(tid), os.getpriority(os.PRIO_PROCESS, tid)))
         return item
 
-    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    for nice, expected in ((0, own), (5, min(19, own + 5))):
+    tid = threading.get_native_id()
+    policy, own = os.sched_getscheduler(tid), os.getpriority(os.PRIO_PROCESS, tid)
+    for priority, expected in (("normal", (policy, own)), ("low", (policy, min(19, own + LOW_NICE))),
+                               ("idle", (os.SCHED_IDLE, own))):
         seen.clear()
-        graph = StageGraph([Stage("s", record)], sink=lambda it: None, policy="blocking", nice=nice)
+        graph = StageGraph([Stage("s", record)], sink=lambda it: None, policy="blocking", priority=priority)
         graph.start()
         graph.feed(Item(1))
         graph.close_input()
         graph.join(5.0)
-        assert seen == [expected]
-    # the calling thread keeps its own priority
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
-    with pytest.raises(ValueError, match="nice"):
-        StageGraph([Stage("s", record)], sink=lambda it: None, policy="latest", nice=25)
+        assert seen == [expected], priority
+    # the calling thread keeps its own settings
+    assert (os.sched_getscheduler(tid), os.getpriority(os.PRIO_PROCESS, tid)) == (policy, own)
+    with pytest.raises(ValueError, match="priority must be one of normal, low, idle"):
+        StageGraph([Stage("s", record)], sink=lambda it: None, policy="latest", priority="high")
+
+
+def test_call_at_priority_returns_the_result_or_raises():
+    seen = []
+
+    def work(a, b=0):
+        seen.append(threading.get_ident())
+        return a + b
+    assert call_at_priority("low", work, 1, b=2) == 3
+    assert seen != [threading.get_ident()], "ran on a thread of its own"
+    with pytest.raises(KeyError, match="x"):
+        call_at_priority("idle", {}.__getitem__, "x")
+    with pytest.raises(ValueError, match="priority must be one of"):
+        call_at_priority("high", work, 1)
 
 
 def test_chained_stages_share_a_thread_and_keep_their_own_timings():

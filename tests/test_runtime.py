@@ -1,6 +1,8 @@
 """The runtime: LivePipeline (replay, pause, step, seek, states, stats) and the offline runner."""
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 
@@ -79,6 +81,61 @@ def test_replay_sends_every_frame_with_the_newest_overlay(clip, sizer):
     # Frames went out at the paced rate: 20 frames at 4x of 10 fps take about half a second.
     span = got.results[-1].frame.stamps["output"] - got.results[0].frame.stamps["output"]
     assert 0.35 < span < 2.0
+
+
+def test_prepare_runs_while_a_replayed_frame_waits_and_its_result_travels(clip):
+    got = Collector()
+    prepared = {}
+
+    def prepare(frame):       # the viewer scales the frame here
+        prepared.setdefault(frame.index, []).append((time.perf_counter(), "capture" in frame.stamps))
+        return ("display", frame.index)
+    pipe = LivePipeline(str(clip), boxes=str(clip.with_name("replay.gt.json")), prepare=prepare,
+                        on_result=got.on_result, on_state=got.on_state)
+    pipe.set_speed(4.0)
+    pipe.start()
+    try:
+        got.wait(lambda c: any(s.state == "ended" for s in c.states))
+        pipe.seek(0.5)                       # paused at the end: the seek shows where it landed
+        got.wait(lambda c: len(c.results) == 21)
+    finally:
+        pipe.stop()
+    played, seek_shown = got.results[:20], got.results[20]
+    assert [r.display for r in played] == [("display", i) for i in range(20)]
+    # Played frames were prepared before their release at media time (no capture stamp yet) ...
+    first = {r.frame.index: prepared[r.frame.index][0] for r in played}
+    assert not any(had_capture for _, had_capture in first.values())
+    assert all(first[r.frame.index][0] < r.frame.stamps["capture"] for r in played)
+    # ... while waiting: 20 frames at 4x of 10 fps are 25 ms apart, so the wait is most of that.
+    ahead = sorted(r.frame.stamps["capture"] - first[r.frame.index][0] for r in played[1:])
+    assert ahead[len(ahead) // 2] > 0.010
+    # A frame shown at once (after a seek, a step) is prepared as it goes out.
+    assert seek_shown.frame.index == 5 and seek_shown.display == ("display", 5)
+    assert prepared[5][-1][1] is True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread scheduling settings are a Linux feature")
+def test_inference_worker_threads_run_at_the_analysis_priority(clip, sizer):
+    def threads() -> set[int]:
+        return {int(tid) for tid in os.listdir("/proc/self/task")}
+
+    before = threads()
+    config = load_run_config(None, {"runtime.inference_threads": 3, "runtime.analysis_priority": "idle"})
+    pipe = LivePipeline(str(clip), config=config, sizer=str(sizer), boxes=str(clip.with_name("replay.gt.json")))
+    try:
+        policies = {}
+        for tid in threads() - before:
+            try:
+                policies[tid] = os.sched_getscheduler(tid)
+            except OSError:          # a thread that has ended meanwhile
+                pass
+        # onnxruntime made its pool (2 threads beside the caller) with the session, on the
+        # loading thread, so the pool does not spin at normal priority waiting for an idle stage.
+        assert len(policies) >= 2
+        assert set(policies.values()) == {os.SCHED_IDLE}
+    finally:
+        pipe.stop()
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE, "the caller keeps its own priority"
 
 
 def test_pause_step_seek_and_resume(clip):
