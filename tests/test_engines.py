@@ -4,6 +4,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -14,6 +17,7 @@ from trainer.errors import BackendUnavailable, DataError
 from trainer.export.exporter import export_bundle
 from trainer.export.onnx import PARITY_ATOL, PARITY_RTOL
 from trainer.models import build_model
+import pipeline.engines as engines
 from pipeline.engines import load_engine, unavailable_reason
 
 CUDA = torch.cuda.is_available()
@@ -79,16 +83,37 @@ def test_bad_inputs_are_named(model_and_bundle):
         engine.run({**inputs, "mask": inputs["mask"][:1]})
 
 
-@pytest.mark.skipif(CUDA, reason="checks the selection where CUDA is missing")
-def test_auto_picks_onnxruntime_and_says_why_it_skipped_the_rest(model_and_bundle, caplog):
+@pytest.fixture
+def no_nvidia_driver(monkeypatch, tmp_path):
+    monkeypatch.setattr(engines, "NVIDIA_DEVICE_NODES", (str(tmp_path / "nvidiactl"),))
+
+
+@pytest.fixture
+def nvidia_driver(monkeypatch, tmp_path):
+    monkeypatch.setattr(engines, "NVIDIA_DEVICE_NODES", (str(tmp_path),))      # a path that exists
+
+
+def test_auto_picks_onnxruntime_and_says_why_it_skipped_the_rest(model_and_bundle, caplog, no_nvidia_driver):
     _, bundle = model_and_bundle
     with caplog.at_level(logging.INFO, logger="pipeline.engines"):
         engine = load_engine(bundle, backend="auto")
     assert engine.name == "onnxruntime"
     message = caplog.text
     assert "picked onnxruntime" in message
-    assert "tensorrt: CUDA is not available (torch.cuda.is_available() is False)" in message
-    assert "torch-cuda: CUDA is not available" in message
+    node = engines.NVIDIA_DEVICE_NODES[0]
+    assert f"tensorrt: no NVIDIA GPU driver here (none of {node})" in message
+    assert f"torch-cuda: no NVIDIA GPU driver here (none of {node})" in message
+
+
+def test_without_an_nvidia_driver_the_cuda_probe_does_not_import_torch():
+    code = ("import sys; import pipeline.engines as e; e.NVIDIA_DEVICE_NODES = ('/nonexistent/nvidiactl',); "
+            "print(e._cuda_reason()); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.splitlines()
+    if sys.platform.startswith("linux"):
+        assert out == ["no NVIDIA GPU driver here (none of /nonexistent/nvidiactl)", "False"]
+    else:                      # elsewhere torch answers
+        assert out[-1] == "True"
 
 
 def test_auto_falls_back_to_torch_on_cpu_without_onnxruntime(model_and_bundle, monkeypatch, caplog):
@@ -105,7 +130,7 @@ def test_auto_falls_back_to_torch_on_cpu_without_onnxruntime(model_and_bundle, m
         load_engine(bundle, backend="onnxruntime")
 
 
-def test_auto_order_prefers_gpu_backends_when_present(model_and_bundle, monkeypatch):
+def test_auto_order_prefers_gpu_backends_when_present(model_and_bundle, monkeypatch, nvidia_driver):
     """With CUDA reported present, tensorrt is considered first and explains a missing torch_tensorrt."""
     _, bundle = model_and_bundle
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -118,7 +143,7 @@ def test_auto_order_prefers_gpu_backends_when_present(model_and_bundle, monkeypa
 
 
 @pytest.mark.skipif(CUDA, reason="checks the messages where CUDA is missing")
-def test_explicit_unavailable_backends_explain_why(model_and_bundle):
+def test_explicit_unavailable_backends_explain_why(model_and_bundle, nvidia_driver):
     _, bundle = model_and_bundle
     with pytest.raises(BackendUnavailable) as info:
         load_engine(bundle, backend="tensorrt")

@@ -431,12 +431,14 @@ def test_display_gate_is_shut_from_arrival_to_paint_and_analysis_goes_on(qapp, t
         assert at_arrival and not any(at_arrival)
         assert any(after_paint)
         assert max(held) < DISPLAY_WAIT_S + 0.05
-        # The analysis kept up behind the gate: most frames were analysed, each stage waited
-        # at most the bound.
+        # The analysis kept up behind the gate: most frames were analysed, and stages waited
+        # about the bound at most (p95: a stage thread runs at idle priority, so on a busy
+        # machine its wake-up after the bound can itself wait for a core; test_graph checks
+        # the bound exactly).
         stats = pipe.stats()
         assert stats["latency"]["track"]["count"] >= 0.7 * window.video.frames_painted
-        gated = [v for k, v in stats["latency"].items() if k.endswith(".gate")]
-        assert all(v["max_ms"] <= 1000 * GATE_WAIT_S + 20 for v in gated)
+        gated = {k: v["p95_ms"] for k, v in stats["latency"].items() if k.endswith(".gate")}
+        assert gated and all(ms <= 1000 * GATE_WAIT_S + 10 for ms in gated.values()), gated
     finally:
         close_viewer(bridge, window)
     assert bridge.display_idle.is_set(), "a stopped pipeline leaves the gate open"
