@@ -281,6 +281,7 @@ def format_table(report: dict) -> str:
         ("annotation delay p50 / p99", f"{(r['annotation_delay'] or {}).get('p50_ms', 0):.1f} / "
          f"{(r['annotation_delay'] or {}).get('p99_ms', 0):.1f} ms", "", ""),
     ]
+
     def other_run(label: str, run: dict, verdict: str = "") -> list[tuple[str, str, str, str]]:
         paint_ = run["capture_to_paint"]
         return [(f"{label}: painted / source fps",
