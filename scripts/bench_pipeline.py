@@ -62,6 +62,7 @@ from pipeline.sizing import TrackSizingStage, sizing_policy  # noqa: E402
 from pipeline.smoothing import count_class_flips  # noqa: E402
 from pipeline.sources import FileSource  # noqa: E402
 from pipeline.sources.base import PacedSource, ReconnectingSource  # noqa: E402
+from trainer.detection_metrics import box_iou  # noqa: E402
 from trainer.fsutil import write_json_atomic  # noqa: E402
 from trainer.sizeclass import triclass_index  # noqa: E402
 
@@ -295,14 +296,6 @@ def bench_live(video: Path, gt_json: Path, args, config) -> dict:
 # Accuracy
 # ---------------------------------------------------------------------------------------------
 
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def accuracy_on(videos: list[tuple[Path, Path]], make_analysis, config) -> dict:
     """Size and identity accuracy of one way of finding polyps over `videos` (mp4, gt.json).
 
@@ -332,8 +325,8 @@ def accuracy_on(videos: list[tuple[Path, Path]], make_analysis, config) -> dict:
             for t in result.tracks:
                 if t.missed != 0:
                     continue
-                best = max(truth, key=lambda g: _iou(g.box, t.box), default=None)
-                matched = best if best is not None and _iou(best.box, t.box) >= 0.5 else None
+                ious = box_iou([g.box for g in truth], [t.box])[:, 0]
+                matched = truth[int(ious.argmax())] if truth and ious.max() >= 0.5 else None
                 track = per_track.setdefault(t.track_id, {"votes": {}, "raw": [], "shown": [], "estimate": None,
                                                           "frames": 0})
                 track["frames"] += 1

@@ -36,6 +36,7 @@ from pipeline.graph import GATE_WAIT_S
 from pipeline.overlay import track_colour
 from pipeline.runtime import default_bundle
 from pipeline.types import Frame, FrameResult
+from trainer.detection_metrics import box_iou
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,12 +120,10 @@ def box_in_window(window, box, margin: float = 4.0):
             origin.x() + rect.x() + x2 * scale + margin, origin.y() + rect.y() + y2 * scale + margin)
 
 
-def iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+def best_match(truth, box):
+    """(the ground-truth polyp that overlaps `box` most, that IoU)."""
+    ious = box_iou([g.box for g in truth], [box])[:, 0]
+    return truth[int(ious.argmax())], float(ious.max())
 
 
 # --- the demo: overlay, track panel, overlay toggle, pause/step, snapshot, recording ---------
@@ -149,8 +148,8 @@ def test_demo_window_shows_polyps_and_controls_work(qapp, tmp_path, sizer_bundle
         shot = qimage_to_rgb(window.grab().toImage())
         counts = {}
         for report in seen:
-            best = max(truth, key=lambda g: iou(g.box, report.box))
-            assert iou(best.box, report.box) > 0.3, "tracks follow the demo's ground-truth boxes"
+            best, overlap = best_match(truth, report.box)
+            assert overlap > 0.3, "tracks follow the demo's ground-truth boxes"
             region = box_in_window(window, best.box)
             counts[report.track_id] = colour_pixels(shot, track_colour(report), region)
             assert counts[report.track_id] >= 12, f"no class colour around polyp {report.track_id}"
@@ -182,7 +181,7 @@ def test_demo_window_shows_polyps_and_controls_work(qapp, tmp_path, sizer_bundle
         assert not window.video.overlay_enabled
         clean = qimage_to_rgb(window.grab().toImage())
         for report in seen:
-            best = max(truth, key=lambda g: iou(g.box, report.box))
+            best, _ = best_match(truth, report.box)
             gone = colour_pixels(clean, track_colour(report), box_in_window(window, best.box))
             assert gone <= counts[report.track_id] // 4, (gone, counts[report.track_id])
         QTest.keyClick(window, Qt.Key.Key_O)
