@@ -17,9 +17,9 @@ import signal
 import sys
 from pathlib import Path
 
-from trainer.cli_util import EXIT_FAILURE, run_cli
-from trainer.errors import ConfigError
-from trainer.fsutil import check_writable_dir
+from pipeline.cli_util import EXIT_FAILURE, run_cli
+from pipeline.errors import ConfigError
+from pipeline.fsutil import check_writable_dir
 
 PROG = "hagview"
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def _check_args(args: argparse.Namespace) -> None:
     source_kind(args.source)         # an unsupported stream scheme is a usage error (SourceError)
     for flag, path in (("--sizer", args.sizer), ("--detector", args.detector)):
         if path is not None:
-            from trainer.export.bundle import load_bundle
+            from pipeline.bundle import load_bundle
             load_bundle(path)        # raises BundleError naming the file and the problem
 
 

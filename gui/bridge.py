@@ -37,7 +37,7 @@ from PyQt6.QtCore import QObject, pyqtSignal
 from pipeline.runtime import LivePipeline, freeze_loaded_objects
 from pipeline.sources.base import SourceStatus, VideoSource
 from pipeline.types import Frame, FrameResult
-from trainer.errors import HagviewError
+from pipeline.errors import HagviewError
 
 from .recorder import Recorder, RecordingSummary
 from .snapshot import save_snapshot

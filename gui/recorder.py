@@ -1,6 +1,6 @@
 """Recording what the viewer receives to H.264 MP4, raw or with the overlay burnt in.
 
-Crash-safe: the file is a fragmented MP4 (trainer.videowriter.H264Writer(fragmented=True)) with a
+Crash-safe: the file is a fragmented MP4 (pipeline.videowriter.H264Writer(fragmented=True)) with a
 keyframe every second, written straight to its final name, so a recording survives the program
 being killed up to its last second. Frames are offered from the pipeline's output thread and
 encoded on the recorder's own thread; when the encoder falls behind, frames are dropped and
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.types import FrameResult
-from trainer.errors import DataError
-from trainer.videowriter import H264Writer
+from pipeline.errors import DataError
+from pipeline.videowriter import H264Writer
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.types import FrameResult
-from trainer.errors import DataError
-from trainer.fsutil import atomic_path, write_json_atomic
+from pipeline.errors import DataError
+from pipeline.fsutil import atomic_path, write_json_atomic
 
 from .video import render_annotated, wrap_rgb
 

@@ -16,7 +16,7 @@ from PyQt6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QListWidget, QListWidg
 
 from pipeline.overlay import CLASS_COLOURS
 from pipeline.types import FrameResult
-from trainer.sizeclass import DIMINUTIVE_MAX_MM, LARGE_MIN_MM
+from pipeline.sizeclass import DIMINUTIVE_MAX_MM, LARGE_MIN_MM
 
 GONE_AFTER_S = 1.0     # a track not reported for this long is listed as out of view
 

@@ -17,8 +17,8 @@ from PyQt6.QtGui import QAction, QCloseEvent, QKeySequence
 from PyQt6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel,
                              QMainWindow, QMessageBox, QSlider, QSplitter, QStyle, QToolButton, QVBoxLayout, QWidget)
 
-from trainer.errors import HagviewError
-from trainer.fsutil import atomic_path
+from pipeline.errors import HagviewError
+from pipeline.fsutil import atomic_path
 
 from .bridge import PipelineBridge, SourceInfo
 from .recorder import RECORD_MODES

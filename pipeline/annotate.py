@@ -31,10 +31,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from trainer.cli_util import EXIT_FAILURE, EXIT_OK, run_cli
-from trainer.errors import ConfigError, HagviewError
-from trainer.fsutil import atomic_dir, check_writable_dir, write_json_atomic, write_text_atomic
-from trainer.progress import Progress
+from pipeline.cli_util import EXIT_FAILURE, EXIT_OK, run_cli
+from pipeline.errors import ConfigError, HagviewError
+from pipeline.fsutil import atomic_dir, check_writable_dir, write_json_atomic, write_text_atomic
+from pipeline.progress import Progress
 
 from .config import load_run_config, run_config_to_dict
 from .overlay import draw_overlay
@@ -202,7 +202,7 @@ class AnnotationWriter:
         self.frames_written += 1
 
     def _write_video(self, image: np.ndarray, tracks: list[TrackReport], pts: float) -> None:
-        from trainer.videowriter import H264Writer
+        from pipeline.videowriter import H264Writer
 
         h, w = image.shape[:2]
         if self._video is None:

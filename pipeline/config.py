@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-from trainer.config import config_to_dict, parse_overrides, parse_section, read_yaml_mapping, set_dotted
-from trainer.errors import ConfigError
-from trainer.videowriter import X264_PRESETS
+from .configfile import choices, config_to_dict, parse_overrides, parse_section, read_yaml_mapping, set_dotted
+from .errors import ConfigError
+from .videowriter import X264_PRESETS
 
 from .graph import STAGE_PRIORITIES
 from .quality import QualityAssessor
@@ -32,25 +32,21 @@ CAPTURE_BACKENDS = ("pyav", "opencv")
 RTSP_TRANSPORTS = ("tcp", "udp")
 
 
-def _choices(default, choices):
-    return field(default=default, metadata={"choices": choices})
-
-
 @dataclass
 class SourceConfig:
     """Capture devices, network streams, files and the demo generator."""
     width: int = 1920                     # capture device: requested frame width (0: driver default)
     height: int = 1080                    # capture device: requested frame height (0: driver default)
     fps: float = 30.0                     # capture device: requested frame rate (0: driver default)
-    pixel_format: str = _choices("mjpeg", PIXEL_FORMATS)   # capture device pixel format
+    pixel_format: str = choices("mjpeg", PIXEL_FORMATS)   # capture device pixel format
     buffers: int = 2                      # capture device driver buffers (opencv backend)
-    capture_backend: str = _choices("pyav", CAPTURE_BACKENDS)
+    capture_backend: str = choices("pyav", CAPTURE_BACKENDS)
     open_timeout_s: float = 5.0           # device/stream: give up opening after this long
     read_timeout_s: float = 2.0           # device/stream: a read waiting longer counts as lost signal
     no_signal_after_s: float = 2.0        # report "no signal" once no frame came for this long
     reconnect_initial_s: float = 0.5      # first reconnect back-off, doubled per failure ...
     reconnect_max_s: float = 8.0          # ... up to this
-    rtsp_transport: str = _choices("tcp", RTSP_TRANSPORTS)
+    rtsp_transport: str = choices("tcp", RTSP_TRANSPORTS)
     threaded_decoding: bool = True        # files in offline annotation: frame-threaded decoding
     demo_preset: str = "demo"             # `demo` source: trainer.synth preset
     demo_seed: int = 7                    # `demo` source: first video's seed
@@ -92,7 +88,7 @@ class RuntimeConfig:
     offline_queue_capacity: int = 8       # blocking queues of offline annotation (frames per edge)
     stats_window: int = 3000              # latency samples kept per stage
     inference_threads: int = 0            # per engine; 0: auto (offline 1, live the backend's default)
-    analysis_priority: str = _choices("idle", STAGE_PRIORITIES)   # live: analysis threads against capture and display
+    analysis_priority: str = choices("idle", STAGE_PRIORITIES)   # live: analysis threads against capture and display
 
 
 def _schema_from_signature(name: str, cls: type) -> type:

@@ -5,7 +5,7 @@ Everything here is vectorised over pixels and candidates. The project's own dete
 centre heatmap, and each object owns one peak. External (YOLO-style) detectors emit many
 overlapping candidates per object, so their decoding runs a matrix NMS (see `fast_nms`).
 
-Coordinates: the network sees the frame letterboxed into a square (`trainer.prep`); decoded
+Coordinates: the network sees the frame letterboxed into a square (`pipeline.prep`); decoded
 boxes are first in network-input pixels and then mapped back through the letterbox to frame
 pixels, clipped to the frame.
 """
@@ -17,8 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from trainer.detection_metrics import box_iou
-from trainer.errors import BundleError
+from pipeline.boxes import box_iou
+from pipeline.errors import BundleError
 
 from .types import Detection
 
@@ -133,7 +133,7 @@ def fast_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.
 @dataclass(frozen=True)
 class ExternalLayout:
     """How an external detector's output tensor is laid out: the bundle's `outputs.layout`
-    (schema and validation in `trainer.export.bundle`, documented in docs/bundles.md).
+    (schema and validation in `pipeline.bundle`, documented in docs/bundles.md).
 
     `transposed` false: (batch, candidates, columns) as YOLOv5/v7 and end-to-end models emit;
     true: (batch, columns, candidates) as YOLOv8/v11 emit. The polyp score of a candidate is
@@ -236,7 +236,7 @@ class PolypDetector:
     `PolypDetector(engine_or_bundle, score_threshold, max_detections)`: an engine from
     `pipeline.engines.load_engine`, or a bundle / bundle path (loaded with `backend`, `threads`,
     `device`). The frame is FOV-masked and letterboxed exactly as in training
-    (`trainer.prep.prepare_detector_input`), the outputs decoded (centre heatmap, or the
+    (`pipeline.prep.prepare_detector_input`), the outputs decoded (centre heatmap, or the
     declared external layout plus NMS at `nms_iou`), and the boxes mapped back to frame pixels.
     `last_timing` holds the seconds spent preparing, inferring and decoding on the last call.
     """
@@ -244,7 +244,7 @@ class PolypDetector:
     def __init__(self, engine_or_bundle, score_threshold: float = 0.3, max_detections: int = 10, *,
                  backend: str = "auto", threads: int | None = None, device: str | None = None,
                  nms_iou: float = 0.5) -> None:
-        from trainer.prep import DetectorInputSpec
+        from pipeline.prep import DetectorInputSpec
 
         if hasattr(engine_or_bundle, "run") and hasattr(engine_or_bundle, "bundle"):
             engine = engine_or_bundle
@@ -293,7 +293,7 @@ class PolypDetector:
 
     def prepare(self, image_rgb: np.ndarray, fov_mask: np.ndarray | None = None):
         """(float32 (1,3,S,S), LetterboxInfo) for one frame."""
-        from trainer.prep import prepare_detector_input
+        from pipeline.prep import prepare_detector_input
 
         batch, info = prepare_detector_input(image_rgb, self.spec, fov_mask=fov_mask)
         if self.bgr:
@@ -313,7 +313,7 @@ class PolypDetector:
     def detect(self, image_rgb: np.ndarray, fov_mask: np.ndarray | None = None) -> list[Detection]:
         """Detections on one RGB uint8 frame, boxes in its pixels, best first.
 
-        fov_mask: the video's cached field-of-view mask (`trainer.data.fov.FovMaskCache`);
+        fov_mask: the video's cached field-of-view mask (`pipeline.fov.FovMaskCache`);
         estimated from this frame when None and the bundle asks for FOV masking.
         """
         return self.detect_batch([image_rgb], None if fov_mask is None else [fov_mask])[0]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.errors import DataError
-from trainer.fsutil import write_text_atomic
+from pipeline.errors import DataError
+from pipeline.fsutil import write_text_atomic
 
 from .types import GroundTruthBox
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from trainer.sizeclass import TRICLASS_NAMES
+from pipeline.sizeclass import TRICLASS_NAMES
 
 from .types import TrackReport
 

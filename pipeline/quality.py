@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from trainer.errors import ConfigError
+from pipeline.errors import ConfigError
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 from typing import Any, Mapping, Sequence
 
-from trainer.report import html_page, html_table, svg_line_plot
+from pipeline.charts import html_page, html_table, svg_line_plot
 
 from .overlay import SYNTHETIC_MARK
 

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from trainer.errors import ConfigError, HagviewError, SourceError
+from pipeline.errors import ConfigError, HagviewError, SourceError
 
 from .config import RunConfig, load_run_config, section_kwargs
 from .graph import EdgeClosed, FpsMeter, LatencyStats, Stage, StageGraph, call_at_priority, chain
@@ -179,7 +179,7 @@ class Analysis:
         stale = self._fov_mask is None or self._fov_mask.shape != image.shape[:2] \
             or self._fov_age >= self.config.preprocess.fov_refresh_frames
         if stale:
-            from trainer.data.fov import estimate_fov_mask
+            from pipeline.fov import estimate_fov_mask
             self._fov_mask, self._fov_age = estimate_fov_mask(image), 0
         self._fov_age += 1
         work.fov_mask = self._fov_mask
@@ -481,6 +481,16 @@ class LivePipeline:
         self.on_result = on_result or (lambda result: None)
         self.on_state = on_state or (lambda status: None)
         self._state = SourceStatus("paused", "not started")
+        # Everything a callback reads exists before the source opens: a reconnecting source
+        # (network stream, capture device) reports its state from inside open_source.
+        self._control = threading.Condition()
+        self._paused = False
+        self._steps = 0
+        self._seek_to: float | None = None
+        self._speed: float | None = 1.0
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._generation = 0
         if isinstance(source, VideoSource):     # an already opened source (benchmarks, embedding)
             self.source_spec = source.name
             self.source = source
@@ -513,14 +523,6 @@ class LivePipeline:
         self._board = _OverlayBoard()
         self.fps_in = FpsMeter()
         self.fps_out = FpsMeter()
-        self._control = threading.Condition()
-        self._paused = False
-        self._steps = 0
-        self._seek_to: float | None = None
-        self._speed: float | None = 1.0
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._generation = 0
         self._overlay_age_frames: deque[int] = deque(maxlen=self.config.runtime.stats_window)
         self.frames_out = 0
         self.frames_discarded_paused = 0

@@ -21,9 +21,9 @@ from typing import Sequence
 
 import numpy as np
 
-from trainer.errors import BundleError
-from trainer.prep import SizerInputSpec, prepare_sizer_inputs
-from trainer.sizeclass import MAX_SIZE_MM, MIN_SIZE_MM
+from pipeline.errors import BundleError
+from pipeline.prep import SizerInputSpec, prepare_sizer_inputs
+from pipeline.sizeclass import MAX_SIZE_MM, MIN_SIZE_MM
 
 # Representative sizes (mm) of the three classes, for class-only sizers: the geometric centres
 # of 0.5-5, 5-10 and 10-20 mm. A probability-weighted mean in log space gives a continuous size.
@@ -126,7 +126,7 @@ class TrackSizingStage:
     @classmethod
     def from_bundle(cls, bundle_path, *, backend: str = "auto", threads: int | None = None,
                     policy: SizingPolicy = SizingPolicy()) -> "TrackSizingStage":
-        from trainer.export.bundle import load_bundle
+        from pipeline.bundle import load_bundle
 
         from .engines import load_engine
 

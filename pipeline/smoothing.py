@@ -36,8 +36,8 @@ from statistics import NormalDist
 
 import numpy as np
 
-from trainer.errors import ConfigError
-from trainer.sizeclass import MAX_SIZE_MM, MIN_SIZE_MM, TRICLASS_NAMES, triclass_index
+from pipeline.errors import ConfigError
+from pipeline.sizeclass import MAX_SIZE_MM, MIN_SIZE_MM, TRICLASS_NAMES, triclass_index
 
 from .types import SizeEstimate
 

@@ -46,7 +46,7 @@ import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from trainer.errors import ConfigError
+from pipeline.errors import ConfigError
 
 from .types import Detection, Frame
 

@@ -47,7 +47,7 @@ class SizeEstimate:
     size_mm: float
     low_mm: float
     high_mm: float
-    size_class: str            # one of trainer.sizeclass.TRICLASS_NAMES (shown with hysteresis)
+    size_class: str            # one of pipeline.sizeclass.TRICLASS_NAMES (shown with hysteresis)
     frames_used: int = 0
 
 

@@ -33,9 +33,9 @@ import numpy as np  # noqa: E402
 
 from pipeline.detecting import PolypDetector  # noqa: E402
 from pipeline.engines import BACKENDS, load_engine, unavailable_reason  # noqa: E402
-from trainer.data.fov import estimate_fov_mask  # noqa: E402
-from trainer.export.bundle import load_bundle  # noqa: E402
-from trainer.fsutil import write_json_atomic  # noqa: E402
+from pipeline.fov import estimate_fov_mask  # noqa: E402
+from pipeline.bundle import load_bundle  # noqa: E402
+from pipeline.fsutil import write_json_atomic  # noqa: E402
 
 log = logging.getLogger("bench_detector")
 TARGET_MS = 30.0

@@ -35,7 +35,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from trainer.export.exporter import export_bundle  # noqa: E402
-from trainer.fsutil import write_json_atomic  # noqa: E402
+from pipeline.fsutil import write_json_atomic  # noqa: E402
 from trainer.export.onnx import example_inputs, export_onnx, onnx_session  # noqa: E402
 from trainer.models import build_model  # noqa: E402
 from pipeline.engines import load_engine, unavailable_reason  # noqa: E402

@@ -62,9 +62,9 @@ from pipeline.sizing import TrackSizingStage, sizing_policy  # noqa: E402
 from pipeline.smoothing import count_class_flips  # noqa: E402
 from pipeline.sources import FileSource  # noqa: E402
 from pipeline.sources.base import PacedSource, ReconnectingSource  # noqa: E402
-from trainer.detection_metrics import box_iou  # noqa: E402
-from trainer.fsutil import write_json_atomic  # noqa: E402
-from trainer.sizeclass import triclass_index  # noqa: E402
+from pipeline.boxes import box_iou  # noqa: E402
+from pipeline.fsutil import write_json_atomic  # noqa: E402
+from pipeline.sizeclass import triclass_index  # noqa: E402
 
 CACHE = Path(os.environ.get("HAGVIEW_CACHE", Path.home() / ".cache" / "hagview"))
 TARGET_VS_SLOWEST = 0.85

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from trainer.fsutil import write_json_atomic  # noqa: E402
+from pipeline.fsutil import write_json_atomic  # noqa: E402
 from trainer.synth import SyntheticVideo, load_synth_config  # noqa: E402
 from trainer.synth.writer import generate_dataset  # noqa: E402
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from trainer.fsutil import write_json_atomic  # noqa: E402
+from pipeline.fsutil import write_json_atomic  # noqa: E402
 from trainer.losses import reference_losses  # noqa: E402
 from trainer.models import build_model  # noqa: E402
 from trainer.routing import GradientRouter, PlainStep  # noqa: E402

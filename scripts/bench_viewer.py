@@ -51,8 +51,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from trainer.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
-from trainer.progress import Progress  # noqa: E402
+from pipeline.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
+from pipeline.progress import Progress  # noqa: E402
 
 TARGET_FPS_RATIO = 0.98
 TARGET_PAINT_P99_MS = 6.0
@@ -72,7 +72,7 @@ def percentiles(values, unit: str = "ms") -> dict:
 def make_clip(cache: Path, width: int, height: int, fps: float, seconds: float, seed: int) -> tuple[Path, Path]:
     """The synthetic clip (H.264 MP4) and its ground-truth boxes (MOTChallenge text), cached."""
     from trainer.synth import SyntheticVideo, load_synth_config
-    from trainer.videowriter import H264Writer
+    from pipeline.videowriter import H264Writer
 
     stem = f"synth-{width}x{height}-{fps:g}fps-{seconds:g}s-seed{seed}"
     video, boxes = cache / f"{stem}.mp4", cache / f"{stem}.boxes.txt"

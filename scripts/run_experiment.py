@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from trainer.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
+from pipeline.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
 
 VARIANTS = {
     "gr": ["model.gates=true", "routing.enabled=true"],

@@ -9,7 +9,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from trainer.videowriter import H264Writer
+from pipeline.videowriter import H264Writer
 
 BACKGROUND = (150, 60, 50)
 POLYP = (235, 190, 170)
@@ -36,7 +36,7 @@ def clip_frames(n: int, width: int, height: int, visible_until: int | None = Non
 
 def write_clip(path: Path, n: int = 24, width: int = 96, height: int = 64, fps: float = 10.0,
                times: list[float] | None = None, visible_until: int | None = None) -> dict:
-    """An H.264 MP4 (trainer.videowriter) plus `<stem>.gt.json`; returns the ground truth."""
+    """An H.264 MP4 (pipeline.videowriter) plus `<stem>.gt.json`; returns the ground truth."""
     images, boxes = clip_frames(n, width, height, visible_until)
     times = times if times is not None else [i / fps for i in range(n)]
     with H264Writer(path, fps=fps, size=(width, height), crf=18, threads=1) as writer:

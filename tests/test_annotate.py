@@ -12,7 +12,7 @@ from pipeline.annotate import main as annotate
 from pipeline.config import load_run_config, run_config_to_dict
 from pipeline.mot import read_mot
 from pipeline.overlay import CLASS_COLOURS
-from trainer.cli_util import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from pipeline.cli_util import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 
 @pytest.fixture(scope="module")

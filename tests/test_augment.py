@@ -8,9 +8,9 @@ import torch
 from trainer.data import read_realcolon
 from trainer.data.augment import PairedAugment, geometry_matrix, warp_boxes, warp_image
 from trainer.data.datasets import SizerDataset
-from trainer.data.fov import FovMaskCache
+from pipeline.fov import FovMaskCache
 from trainer.data.records import SampleRecord
-from trainer.prep import SizerInputSpec
+from pipeline.prep import SizerInputSpec
 
 NO_COLOUR = dict(brightness=0.0, contrast=0.0, gamma=(1.0, 1.0), hue_deg=0.0, saturation=0.0, blur_p=0.0)
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.errors import BackendUnavailable, BundleError
+from pipeline.errors import BackendUnavailable, BundleError
 from trainer.export import load_bundle, sha256_file
-from trainer.export.bundle import copy_external_onnx
+from pipeline.bundle import copy_external_onnx
 from trainer.export.exporter import export_bundle
 from trainer.models import build_model
 from pipeline.engines import load_engine

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from trainer.config import TrainConfig, config_to_dict, config_to_yaml, load_config
-from trainer.errors import ConfigError
+from pipeline.errors import ConfigError
 from trainer.train import main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import pytest
 from trainer.data import (DatasetIndex, SampleRecord, parse_size_mm, read_dataset, read_manifest,
                           read_realcolon, read_sun)
 from trainer.data.images import jpeg_size, read_image_rgb
-from trainer.errors import ConfigError, DataError
+from pipeline.errors import ConfigError, DataError
 
 
 def _skips(index: DatasetIndex) -> dict[str, str]:

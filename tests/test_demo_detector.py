@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline.detecting import PolypDetector
-from trainer.data.fov import FovMaskCache
+from pipeline.fov import FovMaskCache
 from trainer.detection_metrics import FrameDetections, detection_metrics
 
 # HAGVIEW_DEMO_DETECTOR_BUNDLE: check a freshly trained bundle before it replaces the committed one
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(not (BUNDLE / "bundle.json").is_file(),
 
 @pytest.fixture(scope="module")
 def bundle():
-    from trainer.export.bundle import load_bundle
+    from pipeline.bundle import load_bundle
     return load_bundle(BUNDLE)
 
 

@@ -149,7 +149,7 @@ def synthetic_frames(tmp_path_factory):
 
 def test_dataset_items_carry_letterboxed_targets(synthetic_frames):
     from trainer.data.detection import MAX_BOXES, DetectionDataset
-    from trainer.prep import DetectorInputSpec
+    from pipeline.prep import DetectorInputSpec
 
     spec = DetectorInputSpec(size=SIZE)
     ds = DetectionDataset(synthetic_frames, spec, stride=8, positives_per_polyp=5, negative_fraction=0.25,
@@ -320,7 +320,7 @@ def test_focal_loss_ignores_the_masked_cells():
 def test_detection_dataset_draws_frames_with_only_difficult_boxes_as_negatives():
     from trainer.data.detection import DetectionDataset
     from trainer.data.records import BoxAnnotation, FrameRecord
-    from trainer.prep import DetectorInputSpec
+    from pipeline.prep import DetectorInputSpec
 
     def frame(i, *boxes):
         return FrameRecord(f"/nowhere/{i}.jpg", "v", i, (128, 128), tuple(boxes))

@@ -7,7 +7,7 @@ import torch
 
 from pipeline.detecting import (boxes_to_xyxy, decode_centernet, fast_nms, heatmap_peaks,
                                 max_pool_same)
-from trainer.prep import LetterboxInfo, letterbox
+from pipeline.prep import LetterboxInfo, letterbox
 from trainer.data.detection import centernet_targets, gaussian_radius
 from trainer.tasks.detector import decode_centernet_torch, heatmap_peaks_torch
 

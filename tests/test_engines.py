@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from trainer.errors import BackendUnavailable, DataError
+from pipeline.errors import BackendUnavailable, DataError
 from trainer.export.exporter import export_bundle
 from trainer.export.onnx import PARITY_ATOL, PARITY_RTOL
 from trainer.models import build_model

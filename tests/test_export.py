@@ -12,14 +12,14 @@ import onnx
 import pytest
 import torch
 
-from trainer.errors import BundleError
+from pipeline.errors import BundleError
 from trainer.export import load_bundle
 from trainer.export.cli import main as export_main
 from trainer.export.exporter import export_bundle
 from trainer.export.onnx import (PARITY_ATOL, PARITY_RTOL, example_inputs, export_onnx, gate_operations,
                                  onnx_session, verify_onnx_parity)
 from trainer.models import build_model, save_checkpoint
-from trainer import sizeclass
+from pipeline import sizeclass
 
 SIZE = 64
 

@@ -2,7 +2,7 @@
 
 Each model is a real ONNX graph whose output is a fixed set of candidate rows (broadcast to the
 batch of whatever image comes in), so the expected boxes are known exactly. It is wrapped with
-`trainer.export.bundle.copy_external_onnx`, loaded through `load_bundle` / `load_engine`
+`pipeline.bundle.copy_external_onnx`, loaded through `load_bundle` / `load_engine`
 (onnxruntime) and run through `pipeline.detecting.PolypDetector` on real frames.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.detecting import PolypDetector
 from pipeline.engines import load_engine
-from trainer.errors import BundleError
-from trainer.export.bundle import copy_external_onnx, load_bundle
+from pipeline.errors import BundleError
+from pipeline.bundle import copy_external_onnx, load_bundle
 
 INPUT = 320          # network input; frames are 640x480 -> scale 0.5, 40 px bars top and bottom
 

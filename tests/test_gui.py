@@ -36,7 +36,7 @@ from pipeline.graph import GATE_WAIT_S
 from pipeline.overlay import track_colour
 from pipeline.runtime import default_bundle
 from pipeline.types import Frame, FrameResult
-from trainer.detection_metrics import box_iou
+from pipeline.boxes import box_iou
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ import pytest
 from _pipeline_media import decode_times, write_audio_only, write_clip, write_pyav
 from pipeline.annotate import main as annotate
 from pipeline.sources import FileSource
-from trainer.errors import SourceError
+from pipeline.errors import SourceError
 
 
 def _one_line_error(path, match):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.errors import ConfigError, HagviewError
+from pipeline.errors import ConfigError, HagviewError
 from trainer.models import build_model, load_checkpoint, load_imagenet_weights, model_names, save_checkpoint
 from trainer.models.checkpoint import CheckpointError, read_checkpoint
 from trainer.models.gates import Gate

@@ -6,7 +6,7 @@ import pytest
 from pipeline.mot import (MotBox, evaluate_mot, format_mot, read_boxes, read_ground_truth_json, read_mot,
                           tracks_to_mot, write_mot)
 from pipeline.tracker import Track
-from trainer.errors import DataError
+from pipeline.errors import DataError
 
 
 def walk(object_id, n, x0=10.0, step=5.0, y=20.0, size=30.0, first=0):

@@ -3,9 +3,9 @@ import cv2
 import numpy as np
 import pytest
 
-from trainer.data.fov import FovMaskCache, estimate_fov_mask
-from trainer.errors import ConfigError
-from trainer.prep import (IMAGENET_MEAN, IMAGENET_STD, DetectorInputSpec, LetterboxInfo,
+from pipeline.fov import FovMaskCache, estimate_fov_mask
+from pipeline.errors import ConfigError
+from pipeline.prep import (IMAGENET_MEAN, IMAGENET_STD, DetectorInputSpec, LetterboxInfo,
                           SizerInputSpec, letterbox, prepare_detector_input, prepare_sizer_inputs,
                           unletterbox_boxes)
 

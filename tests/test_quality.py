@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline.quality import QualityAssessor, grow_boxes, inside_fraction
-from trainer.errors import ConfigError
+from pipeline.errors import ConfigError
 
 
 def textured(w=320, h=240, seed=0):

@@ -13,7 +13,7 @@ from pipeline.config import load_run_config
 from pipeline.runtime import Analysis, BoxProvider, LivePipeline, run_offline, run_sequential
 from pipeline.sizing import TrackSizingStage
 from pipeline.sources import FileSource
-from trainer.errors import SourceError
+from pipeline.errors import SourceError
 
 
 @pytest.fixture(scope="module")

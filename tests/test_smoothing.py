@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pipeline.smoothing import SizeSmoother, TrackSizer, count_class_flips, weighted_median
-from trainer.errors import ConfigError
+from pipeline.errors import ConfigError
 
 
 def noisy_sizes(true_mm, n, sd=0.15, seed=0):

@@ -14,7 +14,7 @@ from _pipeline_media import decode_images, write_clip, write_pyav
 from pipeline.sources import FileSource, open_source, source_kind
 from pipeline.sources.base import ReconnectingSource, SourceStatus
 from pipeline.sources.network import open_network, redact, stream_options
-from trainer.errors import SourceError
+from pipeline.errors import SourceError
 
 
 def test_file_source_frames_and_timestamps(tmp_path):

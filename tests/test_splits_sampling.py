@@ -8,8 +8,8 @@ from trainer.data.records import SampleRecord
 from trainer.data.sampling import (TRAIN_FRAMES_PER_POLYP, VAL_FRAMES_PER_POLYP, PolypFrameSampler,
                                    sample_per_polyp)
 from trainer.data.splits import load_split_file, make_kfold_splits, save_split_file, train_val_ids
-from trainer.errors import ConfigError, DataError
-from trainer.sizeclass import triclass_index
+from pipeline.errors import ConfigError, DataError
+from pipeline.sizeclass import triclass_index
 
 
 def _sizes(n_dim=13, n_small=19, n_large=8):

@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from trainer.errors import ConfigError
-from trainer.sizeclass import triclass_index
+from pipeline.errors import ConfigError
+from pipeline.sizeclass import triclass_index
 from trainer.synth import SynthConfig, SyntheticVideo, generate_dataset, load_synth_config
 from trainer.synth.cli import main as synth_main
 from trainer.synth.writer import video_seed

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.errors import BackendUnavailable
+from pipeline.errors import BackendUnavailable
 from trainer.export.exporter import export_bundle
-from trainer.export.tensorrt import cache_key, unavailable_reason
+from pipeline.engines.tensorrt_build import cache_key, unavailable_reason
 from trainer.models import build_model
 from pipeline.engines import load_engine
 
@@ -39,7 +39,7 @@ def test_cache_key_depends_on_every_field():
 @pytest.mark.skipif(TRT_REASON is None, reason="checks the message where TensorRT cannot run")
 def test_skip_reason_is_explained(tmp_path):
     assert any(why in TRT_REASON for why in ("no NVIDIA GPU driver here", "CUDA is not available", "is not installed"))
-    from trainer.export.tensorrt import require_tensorrt
+    from pipeline.engines.tensorrt_build import require_tensorrt
     with pytest.raises(BackendUnavailable, match="^tensorrt: "):
         require_tensorrt()
 
@@ -99,7 +99,7 @@ def test_tensorrt_fp16_matches_torch(bundles, name, caplog):
 @needs_tensorrt
 @pytest.mark.gpu
 def test_cache_is_reused_and_keyed_by_shape_and_precision(bundles, caplog):
-    from trainer.export.tensorrt import ProgramCache
+    from pipeline.engines.tensorrt_build import ProgramCache
 
     _, bundle = bundles["resnet"]
     first = ProgramCache(bundle, precision="fp16")
@@ -121,7 +121,7 @@ def test_vit_fp16_program_keeps_layernorm_in_fp32():
     """The strongly typed graph TensorRT compiles: fp16 everywhere except LayerNorm (runs on CPU too)."""
     from torch import nn
 
-    from trainer.export.tensorrt import _typed_for_precision
+    from pipeline.engines.tensorrt_build import _typed_for_precision
 
     torch.manual_seed(0)
     vit = _gated(build_model("hag_vit_tiny", streams=("rgb",), input_size=32, patch_size=16, embed_dim=32,

@@ -5,7 +5,7 @@ import pytest
 
 from pipeline.tracker import Tracker, appearance_distance, appearance_embedding
 from pipeline.types import Detection
-from trainer.errors import ConfigError
+from pipeline.errors import ConfigError
 
 FPS = 30.0
 W, H = 320, 240

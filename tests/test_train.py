@@ -189,7 +189,7 @@ def test_test_set_is_evaluated_with_the_best_checkpoint(tiny_config, tmp_path):
 
 
 def test_svg_helpers_draw_gaps_log_axes_and_matrices():
-    from trainer.report import svg_confusion_matrix, svg_line_plot
+    from pipeline.charts import svg_confusion_matrix, svg_line_plot
 
     ns = "{http://www.w3.org/2000/svg}"
     svg = ET.fromstring(svg_line_plot({"a": [1.0, 2.0, None, 4.0, 5.0], "b": [0.1, 10.0, 100.0, float("nan"), 1.0]},

@@ -1,4 +1,4 @@
-"""trainer.videowriter: H.264 MP4 writing, timestamps, crash safety (normal and fragmented)."""
+"""pipeline.videowriter: H.264 MP4 writing, timestamps, crash safety (normal and fragmented)."""
 from __future__ import annotations
 
 import signal
@@ -11,8 +11,8 @@ import av
 import numpy as np
 import pytest
 
-from trainer.errors import DataError
-from trainer.videowriter import H264Writer
+from pipeline.errors import DataError
+from pipeline.videowriter import H264Writer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def test_fragmented_file_survives_sigkill(tmp_path):
         import os, signal, sys
         import numpy as np
         sys.path.insert(0, {str(ROOT)!r})
-        from trainer.videowriter import H264Writer
+        from pipeline.videowriter import H264Writer
         writer = H264Writer({str(path)!r}, fps=10, size=(64, 48), fragmented=True, keyframe_interval_s=0.5)
         rng = np.random.default_rng(1)
         for i in range({written}):

@@ -11,28 +11,23 @@ directory stores as `config.yaml`; loading that file again gives the same config
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 
 from .data.augment import PairedAugment
-from .errors import ConfigError
+from pipeline.configfile import (_build, choices, config_to_dict, parse_overrides,  # noqa: F401 (re-exported)
+                                 parse_section, read_yaml_mapping, set_dotted)
+from pipeline.errors import ConfigError
 
 TASKS = ("sizer", "detector")
 DATA_KINDS = ("realcolon", "sun", "manifest", "synthetic")
 HEADS = ("regression", "classification", "both")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine_warm_restarts")
-
-
-def _choices(default, choices: tuple[str, ...]):
-    return field(default=default, metadata={"choices": choices})
 
 
 # --------------------------------------------------------------------------------- schema
@@ -43,7 +38,7 @@ class ModelConfig:
     gates: bool = True                    # false: the same network without gates (baseline)
     width_mult: float = 1.0
     hidden: int = 128                     # hidden fully connected width (reference 128 or 512)
-    head: str = _choices("regression", HEADS)
+    head: str = choices("regression", HEADS)
     num_classes: int = 3                  # class head: 3 (triclass) or 2 (binary)
     pretrained: str | None = None         # local ImageNet state dict (torchvision / timm names)
     kwargs: dict[str, Any] = field(default_factory=dict)   # further constructor arguments
@@ -51,7 +46,7 @@ class ModelConfig:
 
 @dataclass
 class InputConfig:
-    """The sizer input, `trainer.prep.SizerInputSpec`: shared by training and serving."""
+    """The sizer input, `pipeline.prep.SizerInputSpec`: shared by training and serving."""
     streams: tuple[str, ...] = ("rgb", "mask")
     size: int = 224
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -83,7 +78,7 @@ class SyntheticConfig:
 @dataclass
 class DataSourceConfig:
     """Where frames come from; `root` is a dataset directory (manifest: the CSV file)."""
-    kind: str = _choices("realcolon", DATA_KINDS)
+    kind: str = choices("realcolon", DATA_KINDS)
     root: str | None = None
     case_pattern: str = "case*"           # SUN: case folders under root
     size_table: str | None = None         # SUN: the per-case size table
@@ -126,7 +121,7 @@ class LossConfig:
 
 @dataclass
 class ScheduleConfig:
-    kind: str = _choices("cosine_warm_restarts", SCHEDULES)
+    kind: str = choices("cosine_warm_restarts", SCHEDULES)
     restart_epochs: int = 10              # T_0 of the cosine schedule, in epochs
     restart_mult: int = 1                 # T_mult
     min_lr: float = 1e-6
@@ -134,7 +129,7 @@ class ScheduleConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = _choices("adam", OPTIMIZERS)
+    name: str = choices("adam", OPTIMIZERS)
     lr: float = 2e-4
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
@@ -188,7 +183,7 @@ class OutputConfig:
 
 @dataclass
 class TrainConfig:
-    task: str = _choices("sizer", TASKS)
+    task: str = choices("sizer", TASKS)
     task_options: dict[str, Any] = field(default_factory=dict)   # checked by the task itself
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -202,33 +197,6 @@ class TrainConfig:
 
 
 # --------------------------------------------------------------------------------- loading
-def read_yaml_mapping(path: str | os.PathLike, what: str = "config") -> dict[str, Any]:
-    """A YAML file that holds a mapping (empty file: {}), read with safe_load.
-
-    Every problem is a one-line ConfigError naming the file (and the line, for bad YAML).
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read {what} ({getattr(exc, 'strerror', None) or exc})") from None
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None)
-        if mark is None or not problem:
-            raise ConfigError(f"{path}: invalid YAML") from None
-        raise ConfigError(f"{path}: line {mark.line + 1} {problem} (invalid YAML)") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: a {what} is a mapping of sections, got {type(loaded).__name__}")
-    return loaded
-
-
 def load_config(path: str | os.PathLike | None, overrides: list[str] | dict[str, Any] | None = None,
                 *, check_paths: bool = True) -> TrainConfig:
     """Read a YAML config (None: all defaults), apply overrides, validate, return the schema.
@@ -247,22 +215,6 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | dict[str,
     if check_paths:
         check_config_paths(cfg)
     return cfg
-
-
-def parse_section(schema: type, raw: dict[str, Any] | None, prefix: str):
-    """Validate a mapping against a dataclass schema; for tasks checking `task_options`."""
-    return _build(schema, raw or {}, prefix=prefix)
-
-
-def config_to_dict(cfg) -> dict[str, Any]:
-    """Plain YAML/JSON-ready dict of a config (tuples become lists)."""
-    def plain(value):
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        return value
-    return plain(dataclasses.asdict(cfg))
 
 
 def config_to_yaml(cfg) -> str:
@@ -333,121 +285,3 @@ def _check_values(cfg: TrainConfig) -> None:
         raise ConfigError(f"config key 'train.device': expected auto, cpu, cuda or cuda:N, got '{device}'")
 
 
-def parse_overrides(overrides) -> list[tuple[str, Any]]:
-    if overrides is None:
-        return []
-    if isinstance(overrides, dict):
-        return list(overrides.items())
-    parsed = []
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--set '{item}': expected key=value (e.g. optim.main.lr=1e-3)")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            value = text  # not a YAML scalar: keep the text, the schema decides
-        parsed.append((key, value))
-    return parsed
-
-
-def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    node = raw
-    parts = key.split(".")
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: config key '{'.'.join(parts[:i + 1])}' is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-# --------------------------------------------------------------------------------- type checks
-def _build(schema: type, raw: Any, prefix: str):
-    where = prefix.rstrip(".") or "the config"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config key '{where}': expected a section (mapping), got {_show(raw)}")
-    fields = {f.name: f for f in dataclasses.fields(schema)}
-    hints = typing.get_type_hints(schema)
-    for key in raw:
-        if key not in fields:
-            full = f"{prefix}{key}"
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else \
-                f" (known keys: {', '.join(fields)})"
-            raise ConfigError(f"unknown config key '{full}'{hint}")
-    values = {}
-    for name, f in fields.items():
-        if name not in raw:
-            continue
-        key = f"{prefix}{name}"
-        value = _coerce(raw[name], hints[name], key)
-        choices = f.metadata.get("choices")
-        if choices is not None and value not in choices:
-            raise ConfigError(f"config key '{key}': expected one of {', '.join(choices)}; got {_show(value)}")
-        values[name] = value
-    return schema(**values)
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value if value is not None else {}, prefix=f"{key}.")
-    if hint is Any:
-        return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key '{key}': expected true or false, got {_show(value)}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key '{key}': expected an integer, got {_show(value)}")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            # YAML 1.1 reads `2e-4` (no dot) as a string: accept what plainly is a number.
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config key '{key}': expected a number, got {_show(value)}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"config key '{key}': expected a string, got {_show(value)}")
-    if origin is dict:
-        if isinstance(value, dict):
-            return dict(value)
-        raise ConfigError(f"config key '{key}': expected a mapping, got {_show(value)}")
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}': expected a list, got {_show(value)}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"config key '{key}': expected a list of {len(args)} values, got {len(value)}")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    raise TypeError(f"config schema: unsupported type {hint!r} for {key}")  # a bug in the schema
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if value is None:
-        return "nothing (null)"
-    return repr(value)

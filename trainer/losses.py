@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .sizeclass import DIMINUTIVE_MAX_MM, LARGE_MIN_MM
+from pipeline.sizeclass import DIMINUTIVE_MAX_MM, LARGE_MIN_MM
 
 MAIN_CLASS_WEIGHTS = (1.0, 3.0, 5.0)
 ROUTING_CLASS_WEIGHTS = (1.0, 5.0, 10.0)
@@ -30,7 +30,7 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 
 
 def size_class_weights(size_mm: torch.Tensor, class_weights: tuple[float, float, float]) -> torch.Tensor:
-    """Per-sample weight from the size class of the target (thresholds of trainer.sizeclass)."""
+    """Per-sample weight from the size class of the target (thresholds of pipeline.sizeclass)."""
     w_dim, w_small, w_large = (float(w) for w in class_weights)
     return torch.where(size_mm >= LARGE_MIN_MM, w_large,
                        torch.where(size_mm > DIMINUTIVE_MAX_MM, w_small, w_dim)).to(size_mm.dtype)

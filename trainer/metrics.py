@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .sizeclass import BINARY_NAMES, TRICLASS_NAMES, binary_index, triclass_index
+from pipeline.sizeclass import BINARY_NAMES, TRICLASS_NAMES, binary_index, triclass_index
 
 
 @dataclass

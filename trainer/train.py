@@ -34,14 +34,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from . import distributed as dist_util
-from .cli_util import run_cli
+from pipeline.cli_util import run_cli
 from .config import (OptimizerConfig, ScheduleConfig, TrainConfig, config_to_dict, config_to_yaml,
                      load_config)
 from .distributed import DistContext
-from .errors import ConfigError, HagviewError
-from .fsutil import check_writable_dir, write_json_atomic, write_text_atomic
+from pipeline.errors import ConfigError, HagviewError
+from pipeline.fsutil import check_writable_dir, write_json_atomic, write_text_atomic
 from .models import read_checkpoint, save_checkpoint
-from .progress import Progress, format_seconds
+from pipeline.progress import Progress, format_seconds
 from .report import write_fold_report
 from .tasks import Task, build_task
 

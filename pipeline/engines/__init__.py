@@ -4,7 +4,7 @@
 engine = load_engine(bundle_or_path, backend="auto", threads=None, device=None)
 engine.run({"rgb": float32 (N,3,S,S), ...}) -> {"size_mm": (N,1), ...}
 engine.name      # "onnxruntime" | "torch" | "torch-compile" | "tensorrt"
-engine.bundle    # trainer.export.bundle.Bundle
+engine.bundle    # pipeline.bundle.Bundle
 engine.describe()
 ```
 `backend="auto"` tries tensorrt, then torch on CUDA, then onnxruntime, then torch on CPU, and
@@ -21,8 +21,8 @@ from typing import Mapping
 
 import numpy as np
 
-from trainer.errors import BackendUnavailable, BundleError, DataError
-from trainer.export.bundle import Bundle, load_bundle
+from pipeline.errors import BackendUnavailable, BundleError, DataError
+from pipeline.bundle import Bundle, load_bundle
 
 log = logging.getLogger(__name__)
 

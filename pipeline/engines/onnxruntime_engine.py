@@ -6,8 +6,8 @@ import logging
 
 import numpy as np
 
-from trainer.errors import BackendUnavailable, BundleError
-from trainer.export.bundle import Bundle
+from pipeline.errors import BackendUnavailable, BundleError
+from pipeline.bundle import Bundle
 
 from . import Engine
 

@@ -1,6 +1,6 @@
 """TensorRT engine: static-shape programs per batch size, on the engine's own CUDA stream.
 
-Compilation and the on-disk cache live in trainer.export.tensorrt (hagview-export --tensorrt
+Compilation and the on-disk cache live in pipeline.engines.tensorrt_build (hagview-export --tensorrt
 prebuilds the same cache). A batch is padded up to the next compiled batch size; a batch
 larger than the largest compiled size is run in chunks. All CUDA/TensorRT imports are lazy.
 """
@@ -11,8 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
-from trainer.export.bundle import Bundle
-from trainer.export.tensorrt import DEFAULT_BATCH_SIZES, ProgramCache, require_tensorrt, unavailable_reason
+from pipeline.bundle import Bundle
+from pipeline.engines.tensorrt_build import DEFAULT_BATCH_SIZES, ProgramCache, require_tensorrt, unavailable_reason
 
 from . import Engine
 

@@ -5,7 +5,7 @@ import logging
 
 import numpy as np
 
-from trainer.export.bundle import Bundle
+from pipeline.bundle import Bundle
 
 from . import Engine
 

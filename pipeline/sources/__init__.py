@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from trainer.errors import SourceError
+from pipeline.errors import SourceError
 
 from .base import ReconnectingSource, SourceStatus, StateCallback, VideoSource
 from .capture import is_capture_spec, open_capture

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from trainer.errors import SourceError
+from pipeline.errors import SourceError
 
 from ..types import Frame
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.errors import SourceError
+from pipeline.errors import SourceError
 
 from ..types import Frame
 from .base import ReconnectingSource, StateCallback, VideoSource

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 
-from trainer.errors import SourceError
+from pipeline.errors import SourceError
 
 from ..types import Frame, GroundTruthBox
 from .base import VideoSource

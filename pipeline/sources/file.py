@@ -13,7 +13,7 @@ import av
 import cv2
 import numpy as np
 
-from trainer.errors import SourceError
+from pipeline.errors import SourceError
 
 from ..types import Frame
 from .base import VideoSource

@@ -12,7 +12,7 @@ import time
 
 import av
 
-from trainer.errors import SourceError
+from pipeline.errors import SourceError
 
 from ..types import Frame
 from .base import VideoSource

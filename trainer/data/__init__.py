@@ -5,7 +5,7 @@ Importing this package does not import torch (the torch Datasets live in `.datas
 """
 from __future__ import annotations
 
-from ..errors import ConfigError
+from pipeline.errors import ConfigError
 from .manifest import read_manifest
 from .realcolon import read_realcolon
 from .records import (BoxAnnotation, DatasetIndex, FrameRecord, SampleRecord, Skip,

@@ -8,11 +8,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import DataError
-from ..prep import SizerInputSpec, prepare_sizer_inputs
-from ..sizeclass import binary_index, clip_size, triclass_index
+from pipeline.errors import DataError
+from pipeline.prep import SizerInputSpec, prepare_sizer_inputs
+from pipeline.sizeclass import binary_index, clip_size, triclass_index
 from .augment import PairedAugment
-from .fov import FovMaskCache, estimate_fov_mask
+from pipeline.fov import FovMaskCache, estimate_fov_mask
 from .images import read_image_rgb
 from .records import SampleRecord
 from .sampling import sample_per_polyp

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError, DataError
-from ..prep import DetectorInputSpec, prepare_detector_input
+from pipeline.errors import ConfigError, DataError
+from pipeline.prep import DetectorInputSpec, prepare_detector_input
 from .augment import PairedAugment
-from .fov import FovMaskCache, estimate_fov_mask
+from pipeline.fov import FovMaskCache, estimate_fov_mask
 from .images import read_image_rgb
 from .records import FrameRecord
 
@@ -161,7 +161,7 @@ class DetectionDataset(Dataset):
     every epoch from (seed, epoch); "uniform" takes evenly spaced frames in time order, the
     same every epoch (validation).
 
-    Item: inputs {"rgb": float32 (3,S,S)} from `trainer.prep.prepare_detector_input` (FOV-masked,
+    Item: inputs {"rgb": float32 (3,S,S)} from `pipeline.prep.prepare_detector_input` (FOV-masked,
     letterboxed, normalised); targets {"heatmap","wh","offset","reg_weight","heatmap_weight"}
     (see `centernet_targets`), "boxes" float32 (MAX_BOXES,4) in input pixels, "difficult" bool (MAX_BOXES,), "num_boxes", "polyp_index" (MAX_BOXES,)
     into `self.polyp_ids` (-1: padding), "video_index" into `self.videos`, "frame_index".

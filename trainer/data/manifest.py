@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..errors import DataError
+from pipeline.errors import DataError
 from .images import jpeg_size
 from .records import (BoxAnnotation, DatasetIndex, FrameRecord, SampleRecord, SkipLog,
                       check_box, parse_size_mm, trailing_int)

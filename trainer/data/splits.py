@@ -8,9 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import ConfigError, DataError
-from ..fsutil import write_text_atomic
-from ..sizeclass import TRICLASS_NAMES, triclass_index
+from pipeline.errors import ConfigError, DataError
+from pipeline.fsutil import write_text_atomic
+from pipeline.sizeclass import TRICLASS_NAMES, triclass_index
 
 DEFAULT_FOLDS = 6
 

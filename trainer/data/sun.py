@@ -17,8 +17,8 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import DataError
-from ..progress import Progress
+from pipeline.errors import DataError
+from pipeline.progress import Progress
 from .images import jpeg_size
 from .records import (BoxAnnotation, DatasetIndex, FrameRecord, SampleRecord, SkipLog,
                       check_box, finish_index, frame_sort_key, polyp_sizes,

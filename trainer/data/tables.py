@@ -5,7 +5,7 @@ import csv
 import io
 from pathlib import Path
 
-from ..errors import DataError
+from pipeline.errors import DataError
 
 
 def read_table(path: str | Path) -> list[list[str]]:

@@ -3,7 +3,7 @@ the ONNX graph, the bundle directory and its manifest, and validates bundles whe
 
 Heavy pieces (onnx, torch.onnx, TensorRT) are imported by the submodules that use them.
 """
-from .bundle import (MANIFEST_NAME, ONNX_NAME, SCHEMA_VERSION, WEIGHTS_NAME, Bundle, load_bundle,
+from pipeline.bundle import (MANIFEST_NAME, ONNX_NAME, SCHEMA_VERSION, WEIGHTS_NAME, Bundle, load_bundle,
                      sha256_file)
 
 

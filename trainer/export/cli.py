@@ -8,11 +8,11 @@ import math
 import re
 from pathlib import Path
 
-from trainer.cli_util import run_cli
-from trainer.errors import ConfigError
+from pipeline.cli_util import run_cli
+from pipeline.errors import ConfigError
 
 from .onnx import DEFAULT_OPSET, EXPORTERS, MIN_OPSET
-from .tensorrt import DEFAULT_BATCH_SIZES, PRECISIONS
+from pipeline.engines.tensorrt_build import DEFAULT_BATCH_SIZES, PRECISIONS
 
 log = logging.getLogger(__name__)
 PROG = "hagview-export"
@@ -152,10 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a directory")
     if args.tensorrt:
-        from .tensorrt import require_tensorrt
+        from pipeline.engines.tensorrt_build import require_tensorrt
         require_tensorrt()        # fail before the export work, with the reason
 
-    from trainer.fsutil import check_writable_dir
+    from pipeline.fsutil import check_writable_dir
     from trainer.models import load_checkpoint
 
     from .exporter import export_bundle
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if bundle.synthetic_training_data:
         print(f"{PROG}: note: {bundle.provenance.get('note')}")
     if args.tensorrt:
-        from .tensorrt import prebuild
+        from pipeline.engines.tensorrt_build import prebuild
         for path in prebuild(bundle, batch_sizes=batch_sizes, precision=args.trt_precision):
             print(f"{PROG}: tensorrt program {path}")
     return 0

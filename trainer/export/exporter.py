@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.errors import BundleError
-from trainer.fsutil import atomic_dir
+from pipeline.errors import BundleError
+from pipeline.fsutil import atomic_dir
 
-from . import bundle as bundle_format
+from pipeline import bundle as bundle_format
 from .onnx import (DEFAULT_OPSET, PARITY_ATOL, PARITY_RTOL, example_inputs, export_onnx,
                    gate_operations, model_io_names, stream_channels,
                    verify_onnx_parity)

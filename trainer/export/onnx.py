@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.errors import BundleError
+from pipeline.errors import BundleError
 
 log = logging.getLogger(__name__)
 

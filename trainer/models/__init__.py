@@ -11,7 +11,7 @@ import inspect
 
 from torch import nn
 
-from ..errors import ConfigError
+from pipeline.errors import ConfigError
 from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from .base import HagModel
 from .gates import Gate, gate_parameters, main_parameters

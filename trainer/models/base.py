@@ -16,7 +16,7 @@ from typing import Iterator, Mapping
 import torch
 from torch import nn
 
-from ..sizeclass import MAX_SIZE_MM, MIN_SIZE_MM
+from pipeline.sizeclass import MAX_SIZE_MM, MIN_SIZE_MM
 from .gates import gate_parameters, main_parameters, named_gate_parameters
 
 # Input channels per stream: RGB crop, box-masked RGB frame, single-channel depth map.

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ConfigError, HagviewError
-from ..fsutil import atomic_path
+from pipeline.errors import ConfigError, HagviewError
+from pipeline.fsutil import atomic_path
 
 CHECKPOINT_FORMAT = "hagview-checkpoint"
 CHECKPOINT_VERSION = 1

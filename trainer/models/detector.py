@@ -10,7 +10,7 @@ neck gate. Heads (each 3x3 conv, ReLU, 1x1 conv) on the gated neck feature:
 - `offset` (N,2,H,W): sub-cell position of the centre, in cells.
 
 H = W = input_size / output_stride. The input is one letterboxed, FOV-masked, normalised RGB
-frame (`trainer.prep`), stream name "rgb".
+frame (`pipeline.prep`), stream name "rgb".
 
 Folding (method.md, "At inference"): stage gates 1-3 go into the next stage's first block
 (the trunk does that) AND into the neck's lateral convolution that reads the same stage

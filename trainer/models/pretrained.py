@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from pipeline.errors import ConfigError
 from .checkpoint import safe_torch_load
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from pipeline.errors import ConfigError
 from .base import STREAM_CHANNELS, HagModel, SizeHead, check_streams, head_output_names
 from .gates import (gate_scale, make_gate, scale_conv_input_channels_, scale_linear_columns_)
 

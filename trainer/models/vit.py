@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from pipeline.errors import ConfigError
 from .base import STREAM_CHANNELS, HagModel, SizeHead, check_streams, head_output_names
 from .gates import gate_scale, make_gate, scale_linear_outputs_
 

@@ -6,9 +6,9 @@ import re
 import sys
 from dataclasses import replace
 
-from ..cli_util import run_cli
-from ..errors import ConfigError
-from ..fsutil import check_writable_dir
+from pipeline.cli_util import run_cli
+from pipeline.errors import ConfigError
+from pipeline.fsutil import check_writable_dir
 from .config import PRESETS, load_synth_config, validate_config
 
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 
-from ..config import read_yaml_mapping
-from ..errors import ConfigError
+from pipeline.configfile import read_yaml_mapping
+from pipeline.errors import ConfigError
 
 SHAPES = ("sessile", "pedunculated", "flat")
 # RGB albedo tints relative to the mucosa: what polyps look like under white light.

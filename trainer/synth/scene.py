@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..sizeclass import DIMINUTIVE_MAX_MM, LARGE_MIN_MM
+from pipeline.sizeclass import DIMINUTIVE_MAX_MM, LARGE_MIN_MM
 from .config import COLOURS, SynthConfig
 
 

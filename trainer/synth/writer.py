@@ -19,10 +19,10 @@ from xml.sax.saxutils import escape
 import cv2
 import numpy as np
 
-from ..errors import ConfigError
-from ..fsutil import atomic_dir
-from ..progress import Progress
-from ..videowriter import H264Writer
+from pipeline.errors import ConfigError
+from pipeline.fsutil import atomic_dir
+from pipeline.progress import Progress
+from pipeline.videowriter import H264Writer
 from .config import SynthConfig, config_to_dict
 from .difficulty import is_difficult_box
 from .video import SyntheticVideo

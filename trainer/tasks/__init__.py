@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError
+from pipeline.errors import ConfigError
 from .base import ConfusionMatrix, Task
 
 if TYPE_CHECKING:

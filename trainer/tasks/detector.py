@@ -38,13 +38,13 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import DataSourceConfig, parse_section
 from ..data.augment import PairedAugment, augment_from_config
 from ..data.detection import DetectionDataset
-from ..data.fov import FovMaskCache
+from pipeline.fov import FovMaskCache
 from ..data.records import DatasetIndex
 from ..data.splits import load_split_file, make_kfold_splits
 from ..data.tables import read_table
 from ..detection_metrics import FrameDetections, detection_metrics
-from ..errors import ConfigError, DataError, HagviewError
-from ..prep import DetectorInputSpec
+from pipeline.errors import ConfigError, DataError, HagviewError
+from pipeline.prep import DetectorInputSpec
 from .base import Task
 
 log = logging.getLogger("hagview.train")

@@ -21,14 +21,14 @@ from torch.utils.data import DataLoader
 from ..config import ModelConfig, TrainConfig
 from ..data.augment import PairedAugment, augment_from_config
 from ..data.datasets import SizerDataset
-from ..data.fov import FovMaskCache
+from pipeline.fov import FovMaskCache
 from ..data.splits import load_split_file, make_kfold_splits, train_val_ids
-from ..errors import ConfigError, DataError
+from pipeline.errors import ConfigError, DataError
 from ..losses import CombinedSizeLoss, SizeClassificationLoss, SizeRegressionLoss
 from ..metrics import evaluate_classes, evaluate_sizes
 from ..models import build_model, load_imagenet_weights, model_class
-from ..prep import SizerInputSpec
-from ..sizeclass import BINARY_NAMES, TRICLASS_NAMES
+from pipeline.prep import SizerInputSpec
+from pipeline.sizeclass import BINARY_NAMES, TRICLASS_NAMES
 from .base import ConfusionMatrix, Task
 from .sources import read_source
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from ..config import DataSourceConfig, SyntheticConfig
 from ..data import DatasetIndex, read_dataset
-from ..errors import ConfigError, DataError
-from ..fsutil import write_json_atomic
+from pipeline.errors import ConfigError, DataError
+from pipeline.fsutil import write_json_atomic
 from ..synth.config import config_to_dict as synth_config_to_dict
 
 log = logging.getLogger("hagview.train")

@@ -17,7 +17,7 @@ A bundle is a directory with
                       "colour_order": "RGB",
                       "layout": "NCHW", "dtype": "float32", "mean": [3], "std": [3],
                       "fov_masking": bool, "box_grow": float | null (sizers),
-                      "letterbox": bool (detectors), "spec": {...} (trainer.prep spec, optional)}
+                      "letterbox": bool (detectors), "spec": {...} (pipeline.prep spec, optional)}
     outputs          {"names": [names], "meaning": {name: text},
                       "size_classes": {"names": [...], "diminutive_max_mm": 5, "large_min_mm": 10,
                                        "min_size_mm": .., "max_size_mm": ..} (sizers),
@@ -58,8 +58,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from trainer import sizeclass
-from trainer.errors import BundleError
+from pipeline import sizeclass
+from pipeline.errors import BundleError
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def utc_now_iso() -> str:
 
 
 def size_class_description() -> dict[str, Any]:
-    """The size-class thresholds of trainer.sizeclass, as recorded in every sizer bundle."""
+    """The size-class thresholds of pipeline.sizeclass, as recorded in every sizer bundle."""
     return {"names": list(sizeclass.TRICLASS_NAMES),
             "binary_names": list(sizeclass.BINARY_NAMES),
             "diminutive_max_mm": sizeclass.DIMINUTIVE_MAX_MM,
@@ -441,10 +441,10 @@ def write_bundle_files(directory: str | Path, manifest: Mapping[str, Any],
                        files: Iterable[str] | None = None) -> dict:
     """Hash the files in `directory` into manifest['files'] and write bundle.json there.
 
-    `directory` is normally the temporary directory of `trainer.fsutil.atomic_dir`, so the
+    `directory` is normally the temporary directory of `pipeline.fsutil.atomic_dir`, so the
     bundle appears complete or not at all. Returns the manifest written.
     """
-    from trainer.fsutil import write_json_atomic
+    from pipeline.fsutil import write_json_atomic
 
     directory = Path(directory)
     names = list(files) if files is not None else sorted(
@@ -474,7 +474,7 @@ def make_readable(directory: str | Path) -> None:
 
 def copy_external_onnx(onnx_file: str | Path, out_dir: str | Path, manifest: Mapping[str, Any]) -> Bundle:
     """Make a bundle around an ONNX detector from elsewhere (architecture null, layout declared)."""
-    from trainer.fsutil import atomic_dir
+    from pipeline.fsutil import atomic_dir
 
     onnx_file = Path(onnx_file)
     if not onnx_file.is_file():

@@ -126,7 +126,7 @@ def apply_fov(image_rgb: np.ndarray, fov_masking: bool, fov_mask: np.ndarray | N
     if not fov_masking:
         return image_rgb
     if fov_mask is None:
-        from .data.fov import estimate_fov_mask    # callers on a video pass a cached mask
+        from .fov import estimate_fov_mask    # callers on a video pass a cached mask
         fov_mask = estimate_fov_mask(image_rgb)
     if fov_mask.shape != image_rgb.shape[:2]:
         raise ValueError(f"FOV mask shape {fov_mask.shape} does not match the image {image_rgb.shape[:2]}")
@@ -200,7 +200,7 @@ def prepare_sizer_inputs(image_rgb: np.ndarray, boxes, spec: SizerInputSpec,
     if k == 0:
         return {name: np.zeros((0, 3, s, s), dtype=np.float32) for name in spec.streams}
     if spec.fov_masking and fov_mask is None:
-        from .data.fov import estimate_fov_mask
+        from .fov import estimate_fov_mask
         fov_mask = estimate_fov_mask(image_rgb)
     frame = apply_fov(image_rgb, spec.fov_masking, fov_mask)
 

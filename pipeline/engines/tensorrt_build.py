@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from trainer.errors import BackendUnavailable, BundleError
+from pipeline.errors import BackendUnavailable, BundleError
 
-from .bundle import Bundle
+from pipeline.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class ProgramCache:
         """The compiled program for `batch`, from the cache when its key is there."""
         import torch_tensorrt
 
-        from trainer.fsutil import write_json_atomic
+        from pipeline.fsutil import write_json_atomic
 
         key, fields = self.key_for(batch)
         path = self.cache_dir / f"{key}.ep"
