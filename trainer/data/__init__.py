@@ -6,7 +6,11 @@ Importing this package does not import torch (the torch Datasets live in `.datas
 from __future__ import annotations
 
 from pipeline.errors import ConfigError
+from .image_folder import read_image_folder
+from .kvasir import read_kvasir_seg
 from .manifest import read_manifest
+from .negatives import read_negatives
+from .polypgen import read_polypgen
 from .realcolon import read_realcolon
 from .records import (BoxAnnotation, DatasetIndex, FrameRecord, SampleRecord, Skip,
                       parse_size_mm)
@@ -20,6 +24,11 @@ READERS = {
     "synthetic": read_realcolon,     # the generator writes the REAL-Colon layout
     "sun": read_sun,
     "manifest": read_manifest,
+    # still images with masks (detector data: frames and boxes, no polyp sizes)
+    "kvasir_seg": read_kvasir_seg,
+    "polypgen": read_polypgen,       # also CVC-ClinicDB's Original/ + Ground Truth/ layout
+    "image_folder": read_image_folder,
+    "negatives": read_negatives,
 }
 
 
@@ -40,5 +49,6 @@ def read_dataset(kind: str, **kwargs) -> DatasetIndex:
 __all__ = ["BoxAnnotation", "DatasetIndex", "FrameRecord", "SampleRecord", "Skip", "READERS",
            "TRAIN_FRAMES_PER_POLYP", "VAL_FRAMES_PER_POLYP", "PolypFrameSampler",
            "load_split_file", "make_kfold_splits", "parse_size_mm", "read_dataset",
-           "read_manifest", "read_realcolon", "read_sun", "sample_per_polyp", "save_split_file",
+           "read_image_folder", "read_kvasir_seg", "read_manifest", "read_negatives", "read_polypgen",
+           "read_realcolon", "read_sun", "sample_per_polyp", "save_split_file",
            "train_val_ids"]

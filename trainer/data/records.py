@@ -36,6 +36,10 @@ class FrameRecord:
     frame_index: int
     image_size: tuple[int, int] | None      # (width, height) when known
     boxes: tuple[BoxAnnotation, ...]        # empty: a negative frame
+    # The data set (and centre) the frame comes from, e.g. "kvasir_seg", "polypgen/C3": for
+    # per-source sampling weights, per-data-set metrics and centre-grouped folds. `video` is
+    # the group whose frames must stay in one fold (a video, a patient, a sequence).
+    source: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +65,8 @@ class DatasetIndex:
     samples: list[SampleRecord] = field(default_factory=list)
     polyp_sizes: dict[str, float] = field(default_factory=dict)
     skipped: list[Skip] = field(default_factory=list)
+    # Things used as they are but worth a look (e.g. official boxes that disagree with masks).
+    warnings: list[Skip] = field(default_factory=list)
 
     def samples_by_polyp(self) -> dict[str, list[SampleRecord]]:
         out: dict[str, list[SampleRecord]] = {}
