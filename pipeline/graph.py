@@ -595,3 +595,54 @@ class StageGraph:
             "edges": {e.name: e.stats() for e in self.edges},
             "drops": {e.name: e.drops for e in self.edges},
         }
+
+
+# --------------------------------------------------------------------------------------------
+# The join of the video path and the analysis
+# --------------------------------------------------------------------------------------------
+
+class OverlayJoin(Generic[T]):
+    """Where the analysis' results meet the frames going out: the analysis publishes the overlay
+    of a frame when it is ready; each frame going out takes the newest overlay computed for a
+    frame at or before it (never one from the future, never one of another stream generation).
+
+    Policy "newest-at-or-before", capacity `keep` overlays: live, frames go out before their own
+    analysis ends, so a few recent ones are kept; offline, output follows the analysis in frame
+    order and one is enough.
+    """
+
+    policy = "newest-at-or-before"
+
+    def __init__(self, name: str = "overlay", keep: int = 16) -> None:
+        if keep < 1:
+            raise ValueError(f"OverlayJoin keep must be >= 1, got {keep}")
+        self.name = name
+        self.capacity = keep
+        self._items: deque[tuple[int, int, T]] = deque(maxlen=keep)
+        self._lock = threading.Lock()
+        self.puts = 0
+        self.joins = 0
+
+    def publish(self, generation: int, frame_index: int, overlay: T) -> None:
+        with self._lock:
+            self._items.append((generation, frame_index, overlay))
+            self.puts += 1
+
+    def newest_for(self, generation: int, frame_index: int) -> tuple[int, T] | None:
+        """(frame index the overlay was computed on, overlay), or None when there is none yet."""
+        with self._lock:
+            for gen, index, overlay in reversed(self._items):
+                if gen == generation and index <= frame_index:
+                    self.joins += 1
+                    return index, overlay
+        return None
+
+    def clear(self) -> int:
+        with self._lock:
+            n = len(self._items)
+            self._items.clear()
+            return n
+
+    def stats(self) -> dict[str, Any]:
+        return {"policy": self.policy, "capacity": self.capacity, "puts": self.puts, "joins": self.joins,
+                "depth": len(self._items)}

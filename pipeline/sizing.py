@@ -156,6 +156,12 @@ class TrackSizingStage:
             self.scheduler.record(chosen_ids, frame_index, time.perf_counter() - started)
         return {tid: float(s) for tid, s in zip(chosen_ids, sizes) if math.isfinite(float(s))}
 
+    def forget(self, keep_ids) -> None:
+        """Drop the scheduling history of every track not in `keep_ids` (the tracker's
+        remembered ids, carried by the work item: the size stage never reads the tracker)."""
+        with self._lock:
+            self.scheduler.forget(keep_ids)
+
     def reset(self) -> None:
         with self._lock:
             self.scheduler.reset()
