@@ -4,7 +4,8 @@
             [--record PATH] [--screenshot PATH --exit-after N]
 
 Arguments that are wrong before anything starts (a missing config or bundle, a bad option) give
-one line and exit code 2. Problems of the source itself (a file that does not decode, a device
+one line and exit code 2, and so does a display Qt cannot use (a platform plugin whose libraries
+are missing, no X server): that is found out before Qt is asked, because Qt aborts the process. Problems of the source itself (a file that does not decode, a device
 that is gone) are shown in the window and the program keeps running; a scripted run
 (`--exit-after`) then saves its screenshot, prints the message and exits with 1.
 """
@@ -13,12 +14,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
 from pipeline.cli_util import EXIT_FAILURE, run_cli
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, HagviewError
 from pipeline.fsutil import check_writable_dir
 
 PROG = "hagview"
@@ -57,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(needs --exit-after)")
     p.add_argument("--exit-after", type=int, metavar="N", help="scripted runs: quit after N frames were shown")
     p.add_argument("--fullscreen", action="store_true", help="start in full screen (F11 toggles)")
+    p.add_argument("--check-display", action="store_true",
+                   help="only check that a window can be opened here: exit 0, or say why not and exit 2")
     return p
 
 
@@ -82,6 +88,88 @@ def _check_args(args: argparse.Namespace) -> None:
         if path is not None:
             from pipeline.bundle import load_bundle
             load_bundle(path)        # raises BundleError naming the file and the problem
+
+
+# Libraries Qt's xcb platform plugin (and the Qt libraries it loads) need from the system, by
+# name before ".so", and the Debian/Ubuntu packages that provide them.
+QT_SYSTEM_PACKAGES = {
+    "libxcb-cursor": "libxcb-cursor0", "libxcb-icccm": "libxcb-icccm4", "libxcb-keysyms": "libxcb-keysyms1",
+    "libxcb-image": "libxcb-image0", "libxcb-render-util": "libxcb-render-util0", "libxcb-randr": "libxcb-randr0",
+    "libxcb-render": "libxcb-render0", "libxcb-shape": "libxcb-shape0", "libxcb-shm": "libxcb-shm0",
+    "libxcb-sync": "libxcb-sync1", "libxcb-util": "libxcb-util1", "libxcb-xfixes": "libxcb-xfixes0",
+    "libxcb-xkb": "libxcb-xkb1", "libxcb-xinerama": "libxcb-xinerama0", "libxcb-xinput": "libxcb-xinput0",
+    "libxcb": "libxcb1", "libX11-xcb": "libx11-xcb1", "libX11": "libx11-6", "libxkbcommon-x11": "libxkbcommon-x11-0",
+    "libxkbcommon": "libxkbcommon0", "libEGL": "libegl1", "libGL": "libgl1", "libOpenGL": "libopengl0",
+    "libGLX": "libglx0", "libfontconfig": "libfontconfig1", "libfreetype": "libfreetype6",
+    "libdbus-1": "libdbus-1-3", "libglib-2.0": "libglib2.0-0", "libgthread-2.0": "libglib2.0-0",
+    "libwayland-client": "libwayland-client0", "libwayland-cursor": "libwayland-cursor0",
+    "libwayland-egl": "libwayland-egl1",
+}
+HEADLESS_PLATFORMS = ("offscreen", "minimal")
+
+
+def qt_platform(env) -> str:
+    """The platform plugin Qt will pick: QT_QPA_PLATFORM's first entry, else wayland in a
+    Wayland session, else xcb (Qt's default on Linux)."""
+    chosen = env.get("QT_QPA_PLATFORM", "").split(";")[0].split(":")[0].strip()
+    if chosen:
+        return chosen
+    if env.get("WAYLAND_DISPLAY") and env.get("XDG_SESSION_TYPE") == "wayland":
+        return "wayland"
+    return "xcb"
+
+
+def missing_libraries(plugin: Path, env) -> list[str]:
+    """The shared libraries `plugin` needs that the dynamic loader cannot find (ldd)."""
+    ldd = shutil.which("ldd")
+    if ldd is None or not plugin.is_file():
+        return []
+    done = subprocess.run([ldd, str(plugin)], capture_output=True, text=True, env=dict(env), timeout=30)
+    return sorted({m.group(1) for m in re.finditer(r"^\s*(\S+) => not found", done.stdout, re.MULTILINE)})
+
+
+def _package(library: str) -> str | None:
+    return QT_SYSTEM_PACKAGES.get(library.split(".so")[0])
+
+
+def platform_problem(env=None) -> str | None:
+    """Why Qt cannot open a window here (one line), or None. Qt itself aborts the process when
+    its platform plugin does not load or finds no display, so this looks first: the plugin's
+    missing libraries (ldd), then a throw-away process that starts Qt the same way."""
+    env = dict(os.environ if env is None else env)
+    platform = qt_platform(env)
+    if platform in HEADLESS_PLATFORMS:
+        return None
+    from PyQt6.QtCore import QLibraryInfo
+
+    folders = [p for p in env.get("QT_QPA_PLATFORM_PLUGIN_PATH", "").split(os.pathsep) if p]
+    folders.append(os.path.join(QLibraryInfo.path(QLibraryInfo.LibraryPath.PluginsPath), "platforms"))
+    plugin = next((Path(f) / f"libq{platform}.so" for f in folders if (Path(f) / f"libq{platform}.so").is_file()), None)
+    if plugin is None:
+        return f"Qt has no {platform!r} platform plugin (QT_QPA_PLATFORM={env.get('QT_QPA_PLATFORM', '')!r})"
+    missing = missing_libraries(plugin, env)
+    if missing:
+        packages = sorted({_package(lib) for lib in missing} - {None})
+        unknown = [lib for lib in missing if _package(lib) is None]
+        install = f"; install them with: apt-get install {' '.join(packages)}" if packages else ""
+        other = f" (no known package for {', '.join(unknown)})" if unknown and packages else ""
+        return (f"Qt's {platform} platform plugin cannot load: missing {', '.join(missing)}{install}{other}"
+                f"; or run headless with QT_QPA_PLATFORM=offscreen or hagview-annotate")
+    if platform == "xcb" and not env.get("DISPLAY"):
+        return ("no X display (DISPLAY is not set): run on a desktop, or headless with "
+                "QT_QPA_PLATFORM=offscreen or hagview-annotate")
+    probe = "from PyQt6.QtGui import QGuiApplication; QGuiApplication(['hagview-probe'])"
+    try:
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
+    except subprocess.TimeoutExpired:
+        return f"Qt's {platform} platform plugin did not start within 60 s (DISPLAY={env.get('DISPLAY', '')!r})"
+    if done.returncode == 0:
+        return None
+    lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+    reason = next((line for line in lines if "could not connect" in line.lower() or "cannot" in line.lower()),
+                  lines[0] if lines else f"exit code {done.returncode}")
+    return (f"Qt's {platform} platform plugin cannot start: {reason.rstrip('.')}; run on a desktop, or headless "
+            f"with QT_QPA_PLATFORM=offscreen or hagview-annotate")
 
 
 def leave_cores_for_video(config) -> None:
@@ -133,6 +221,11 @@ def apply_dark_theme(app) -> None:
 @run_cli(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.check_display:
+        problem = platform_problem()
+        if problem:
+            raise HagviewError(problem)
+        return 0
     _check_args(args)
     from pipeline.config import load_run_config
     from pipeline.runtime import default_bundle
@@ -148,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     from PyQt6.QtWidgets import QApplication
 
     from pipeline.runtime import share_cores_between_threads
+
+    if QApplication.instance() is None:
+        problem = platform_problem()
+        if problem:
+            raise HagviewError(problem)
 
     from .bridge import PipelineBridge
     from .window import ViewerOptions, ViewerWindow

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The demo. With a display (DISPLAY or WAYLAND_DISPLAY set) it opens the viewer, hagview, on
-# the live synthetic demo with the committed demo bundles. Without one (or with HAGVIEW_HEADLESS=1)
-# it renders the synthetic demo video (hagview-synth --preset demo) and annotates it headless
+# The demo. With a display (DISPLAY or WAYLAND_DISPLAY set) that Qt can use it opens the viewer,
+# hagview, on the live synthetic demo with the committed demo bundles. Without one (or with
+# HAGVIEW_HEADLESS=1, or when `hagview --check-display` says why no window can open) it renders the synthetic demo video (hagview-synth --preset demo) and annotates it headless
 # with hagview-annotate (burnt-in video, per-frame results, report), then says where the report is.
 # Usage: scripts/demo.sh [OUTPUT_DIR]   (default: ./demo-output)
 set -euo pipefail
@@ -11,10 +11,16 @@ cd "$ROOT"
 OUT="${1:-$ROOT/demo-output}"
 
 if [ -z "${HAGVIEW_HEADLESS:-}" ] && { [ -n "${DISPLAY:-}" ] || [ -n "${WAYLAND_DISPLAY:-}" ]; }; then
-    echo "[demo] opening the viewer on the synthetic demo (F1 lists the keys; snapshots and recordings go to $OUT/viewer)"
-    exec hagview --source demo --output-dir "$OUT/viewer"
+    # Qt aborts on a platform plugin it cannot load; hagview checks first and says why in one line.
+    if PROBLEM="$(hagview --check-display 2>&1)"; then
+        echo "[demo] opening the viewer on the synthetic demo (F1 lists the keys; snapshots and recordings go to $OUT/viewer)"
+        exec hagview --source demo --output-dir "$OUT/viewer"
+    fi
+    echo "[demo] $PROBLEM"
+    echo "[demo] annotating the demo headless instead of opening the viewer"
+else
+    echo "[demo] no display (DISPLAY and WAYLAND_DISPLAY unset): annotating the demo headless instead of opening the viewer"
 fi
-echo "[demo] no display (DISPLAY and WAYLAND_DISPLAY unset): annotating the demo headless instead of opening the viewer"
 DATA="$OUT/data"
 VIDEO="$DATA/001-001.mp4"
 mkdir -p "$OUT"
