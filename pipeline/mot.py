@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.boxes import box_iou
 from pipeline.errors import DataError
 from pipeline.fsutil import write_text_atomic
 
@@ -164,12 +165,7 @@ def _iou_distance(gt: np.ndarray, hyp: np.ndarray, max_distance: float) -> np.nd
     """1 - IoU for xyxy boxes, NaN where the pair may not match (motmetrics' convention)."""
     if len(gt) == 0 or len(hyp) == 0:
         return np.empty((len(gt), len(hyp)))
-    ix = np.clip(np.minimum(gt[:, None, 2], hyp[None, :, 2]) - np.maximum(gt[:, None, 0], hyp[None, :, 0]), 0, None)
-    iy = np.clip(np.minimum(gt[:, None, 3], hyp[None, :, 3]) - np.maximum(gt[:, None, 1], hyp[None, :, 1]), 0, None)
-    inter = ix * iy
-    area_g = (gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])
-    area_h = (hyp[:, 2] - hyp[:, 0]) * (hyp[:, 3] - hyp[:, 1])
-    dist = 1.0 - inter / np.maximum(area_g[:, None] + area_h[None, :] - inter, 1e-12)
+    dist = 1.0 - box_iou(gt, hyp)
     dist[dist > max_distance] = np.nan
     return dist
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .boxes import clip_boxes, grow_boxes
 from .errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -140,9 +141,8 @@ def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def grown_box(box, grow: float) -> tuple[float, float, float, float]:
-    x1, y1, x2, y2 = (float(v) for v in box)
-    gw, gh = grow * (x2 - x1), grow * (y2 - y1)
-    return x1 - gw, y1 - gh, x2 + gw, y2 + gh
+    x1, y1, x2, y2 = (float(v) for v in grow_boxes(box, grow)[0])
+    return x1, y1, x2, y2
 
 
 def crop_padded(image: np.ndarray, x1: int, y1: int, x2: int, y2: int) -> np.ndarray:
@@ -191,9 +191,7 @@ def prepare_sizer_inputs(image_rgb: np.ndarray, boxes, spec: SizerInputSpec,
     h, w = image_rgb.shape[:2]
     # Boxes are clipped to the frame first (readers and the detector already do), which also
     # bounds the crop size whatever a caller passes.
-    boxes = boxes.copy()
-    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
-    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+    boxes = clip_boxes(boxes, w, h)
     if "depth" in spec.streams and depth is None:
         raise ValueError("the input spec has a depth stream but no depth map was given")
     out: dict[str, np.ndarray] = {}

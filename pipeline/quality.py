@@ -1,7 +1,8 @@
 """How much to trust a box for sizing: cut by the field of view or the image edge, and blur.
 
 Each factor is in 0..1 and they multiply:
-- inside: fraction of the box, grown by `box_grow` like the sizer's input crop, that lies inside
+- inside: fraction of the sizer's crop of the box (the box clipped to the frame, then grown by
+  `box_grow` x its width/height on each side: pipeline.boxes.grow_boxes) that lies inside
   the image and (when a FOV mask is given) inside the endoscope's circular field of view. A polyp
   cut by the border is seen in part, so its size is under-read. The factor is inside**border_power.
 - sharpness: variance of the Laplacian inside the box on a copy of the frame scaled to
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from pipeline.boxes import clip_boxes, grow_boxes
 from pipeline.errors import ConfigError
 
 
@@ -31,14 +33,6 @@ class BoxQuality:
     sharpness: np.ndarray       # 0..1 from the Laplacian variance
     image_quality: np.ndarray   # inside**border_power * sharpness
     combined: np.ndarray        # image_quality * detection confidence
-
-
-def grow_boxes(boxes: np.ndarray, grow: float) -> np.ndarray:
-    """Boxes enlarged by `grow` times their width/height in total (half on each side)."""
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
-    dx, dy = w * grow / 2, h * grow / 2
-    return np.stack([b[:, 0] - dx, b[:, 1] - dy, b[:, 2] + dx, b[:, 3] + dy], axis=1)
 
 
 def _box_sums(table: np.ndarray, boxes_int: np.ndarray) -> np.ndarray:
@@ -140,7 +134,8 @@ class QualityAssessor:
             if fov_mask is not self._fov_mask:      # the pipeline hands the same mask until it re-estimates it
                 self._fov_mask, self._fov_table = fov_mask, fov_table(fov_mask)
             table = self._fov_table
-        inside = inside_fraction(b, (width, height), fov_mask, self.box_grow, table=table)
+        # The sizer crops the box clipped to the frame, then grown: judge that same region.
+        inside = inside_fraction(clip_boxes(b, width, height), (width, height), fov_mask, self.box_grow, table=table)
         sharp = self.sharpness(image, b)
         image_quality = np.power(inside, self.border_power) * sharp
         conf = np.ones(len(b)) if scores is None else np.clip(np.asarray(scores, dtype=np.float64), 0, 1)

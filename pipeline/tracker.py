@@ -46,6 +46,7 @@ import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from pipeline.boxes import box_iou
 from pipeline.errors import ConfigError
 
 from .types import Detection, Frame
@@ -146,18 +147,6 @@ def _appearance_distances(a: list, b: list) -> np.ndarray:
     texture = (1.0 - np.clip(ncc, -1.0, 1.0)) / 2.0
     out[np.ix_(ia, ib)] = _COLOUR_WEIGHT * colour + (1.0 - _COLOUR_WEIGHT) * texture
     return out
-
-
-def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU between (N,4) and (M,4) xyxy boxes."""
-    ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    iy2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 class _MotionFilter:
@@ -499,7 +488,7 @@ class Tracker:
         if shift is not None:
             pred = pred + np.concatenate([shift, shift])
         dets = np.stack([boxes[di] for di in det_ids])
-        iou = _box_iou(pred, dets)
+        iou = box_iou(pred, dets)
         cost = np.full(iou.shape, _INFEASIBLE)
         pc = (pred[:, :2] + pred[:, 2:]) / 2
         dc = (dets[:, :2] + dets[:, 2:]) / 2

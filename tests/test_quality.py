@@ -3,8 +3,10 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.quality import QualityAssessor, grow_boxes, inside_fraction
+from pipeline.boxes import grow_boxes
 from pipeline.errors import ConfigError
+from pipeline.prep import SizerInputSpec, prepare_sizer_inputs
+from pipeline.quality import QualityAssessor, inside_fraction
 
 
 def textured(w=320, h=240, seed=0):
@@ -13,7 +15,24 @@ def textured(w=320, h=240, seed=0):
 
 
 def test_grow_boxes():
-    np.testing.assert_allclose(grow_boxes([[10, 20, 30, 60]], 0.5), [[5, 10, 35, 70]])
+    # 0.5 x the width/height on each side: the 20x40 box becomes 40x80 (the sizer's crop).
+    np.testing.assert_allclose(grow_boxes([[10, 20, 30, 60]], 0.5), [[0, 0, 40, 80]])
+
+
+@pytest.mark.parametrize("grow", [0.5, 0.25, 1.0])
+def test_quality_sees_exactly_the_sizers_crop(grow):
+    """The border test's grown box is the rgb crop the sizer is given: on a white frame with
+    mean 0 / std 1, the crop's mean is the fraction of it inside the image."""
+    image = np.full((120, 160, 3), 255, np.uint8)
+    spec = SizerInputSpec(streams=("rgb",), size=64, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                          fov_masking=False, box_grow=grow)
+    boxes = np.array([[-10, 30, 30, 70], [130, 90, 170, 118], [60, 40, 100, 80], [0, 0, 12, 20]], float)
+    crops = prepare_sizer_inputs(image, boxes, spec)["rgb"]
+    seen_inside = crops.mean(axis=(1, 2, 3))
+    quality = QualityAssessor(box_grow=grow, border_power=1.0).assess(image, boxes)
+    # Tolerance: the crop is rounded to whole pixels and resized to 64x64 (one pixel of ~60-120).
+    np.testing.assert_allclose(quality.inside, seen_inside, atol=0.03)
+    assert (seen_inside < 0.95).sum() >= 2          # the border really cuts some crops
 
 
 def test_inside_fraction_image_edge():
@@ -22,9 +41,9 @@ def test_inside_fraction_image_edge():
                       [300, 220, 340, 260],      # a quarter inside (corner)
                       [400, 10, 450, 50]])       # off the image
     np.testing.assert_allclose(inside_fraction(boxes, (320, 240)), [1.0, 0.5, 0.25, 0.0])
-    # grown by 50% the first box is still inside, the cut one loses more
+    # grown by half its size on each side the first box is still inside, the cut one loses more
     grown = inside_fraction(boxes[:2], (320, 240), grow=0.5)
-    assert grown[0] == 1.0 and grown[1] == pytest.approx(30 / 60)
+    assert grown[0] == 1.0 and grown[1] == pytest.approx(40 / 80)
 
 
 def test_inside_fraction_circular_fov():
@@ -52,10 +71,11 @@ def test_blur_lowers_sharpness_and_quality_folds_confidence():
     assert qa.sharpness(flat, box)[0] == 0.0
 
     q = qa.assess(sharp, np.vstack([box, [[-40, 80, 40, 160]]]), scores=[0.8, 0.8])
-    assert q.inside[0] == 1.0 and q.inside[1] == pytest.approx(0.5)   # grown 1.5x: -60..60
+    # The sizer's crop: clipped to 0..40, grown by 20 px each side: -20..60, 3/4 inside.
+    assert q.inside[0] == 1.0 and q.inside[1] == pytest.approx(0.75)
     np.testing.assert_allclose(q.image_quality, q.inside ** 2 * q.sharpness)
     np.testing.assert_allclose(q.combined, 0.8 * q.image_quality)
-    assert q.combined[0] > 3 * q.combined[1]
+    assert q.combined[0] > 1.7 * q.combined[1]       # the cut box weighs 0.75**2 (same sharpness)
     assert np.all((q.combined >= 0) & (q.combined <= 1))
 
 
