@@ -25,6 +25,8 @@ from pipeline.errors import ConfigError
 
 TASKS = ("sizer", "detector")
 DATA_KINDS = ("realcolon", "sun", "manifest", "synthetic")
+# Still-image polyp sets and frames without polyps: detector data (frames, boxes; no sizes).
+IMAGE_SET_KINDS = ("kvasir_seg", "polypgen", "image_folder", "negatives")
 HEADS = ("regression", "classification", "both")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine_warm_restarts")
@@ -78,15 +80,28 @@ class SyntheticConfig:
 @dataclass
 class DataSourceConfig:
     """Where frames come from; `root` is a dataset directory (manifest: the CSV file)."""
-    kind: str = choices("realcolon", DATA_KINDS)
+    kind: str = choices("realcolon", DATA_KINDS + IMAGE_SET_KINDS)
     root: str | None = None
     case_pattern: str = "case*"           # SUN: case folders under root
     size_table: str | None = None         # SUN: the per-case size table
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    # further reader arguments, checked by the reader (polypgen: centres, block, empty_mask;
+    # kvasir_seg: boxes; image_folder: images, masks, name, empty_mask; negatives: name)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SourceConfig(DataSourceConfig):
+    """One entry of `data.sources`: a data set and its sampling weight."""
+    # The source's share of each training epoch's polyp frames (and of its frames without a
+    # polyp), relative to the other sources' weights; 0 leaves it out of training.
+    weight: float = 1.0
 
 
 @dataclass
 class DataConfig(DataSourceConfig):
+    # Several data sets at once (real and synthetic); when given, kind/root/... above are unused.
+    sources: tuple[SourceConfig, ...] = ()
     split_file: str | None = None         # YAML/JSON {folds: [[polyp ids], ...]}; none: stratified k-fold
     folds: int = 6
     split_seed: int = 0                   # the stratified k-fold split (fixed across training seeds)
@@ -223,7 +238,11 @@ def config_to_yaml(cfg) -> str:
 
 def check_config_paths(cfg: TrainConfig) -> None:
     """Every path the config names must exist (synthetic data is generated, so it has none)."""
-    _check_source_paths(cfg.data, "data")
+    if cfg.data.sources:
+        for i, source in enumerate(cfg.data.sources):
+            _check_source_paths(source, f"data.sources[{i}]")
+    else:
+        _check_source_paths(cfg.data, "data")
     if cfg.test.enabled:
         _check_source_paths(cfg.test, "test")
     if cfg.data.split_file is not None:
@@ -244,6 +263,14 @@ def _check_source_paths(source: DataSourceConfig, prefix: str) -> None:
         _require_path(source.size_table, f"{prefix}.size_table")
 
 
+def _check_source_weights(sources) -> None:
+    for i, source in enumerate(sources):
+        if not source.weight >= 0:
+            raise ConfigError(f"config key 'data.sources[{i}].weight': must be 0 or more, got {source.weight}")
+    if sources and not any(s.weight > 0 for s in sources):
+        raise ConfigError("config key 'data.sources': every weight is 0, nothing would be trained on")
+
+
 def _require_path(path: str, key: str) -> None:
     if not Path(path).expanduser().exists():
         raise ConfigError(f"config key '{key}': path does not exist: {path}")
@@ -262,6 +289,7 @@ def _check_values(cfg: TrainConfig) -> None:
     for key, value in positive.items():
         if not value > 0:
             raise ConfigError(f"config key '{key}': must be positive, got {value}")
+    _check_source_weights(cfg.data.sources)
     if cfg.train.threads is not None and cfg.train.threads < 1:
         raise ConfigError(f"config key 'train.threads': must be 1 or more, got {cfg.train.threads}")
     if cfg.train.workers < 0:

@@ -152,6 +152,43 @@ def _draw(items: list, count: int, rng: np.random.Generator | None) -> list:
     return [items[i] for i in picks]
 
 
+def source_key(frame: FrameRecord) -> str:
+    """The data set a frame counts towards for sampling weights: its source up to the first '/'
+    (`polypgen/C3` -> `polypgen`)."""
+    return frame.source.split("/", 1)[0]
+
+
+def _weighted_draw(drawn: list, pool: list, total: int, weights: dict[str, float],
+                   rng: np.random.Generator | None) -> list:
+    """`total` frames shared among data sets in proportion to `weights` (missing: 1; data sets
+    without frames here drop out and the rest share their part). A data set's share comes from
+    its `drawn` frames, then the rest of its `pool`, then repeats: a small real set weighted up
+    is shown more than once per epoch rather than leaving its share to the others."""
+    by_set: dict[str, tuple[list, list]] = {}
+    for frame in drawn:
+        by_set.setdefault(source_key(frame), ([], []))[0].append(frame)
+    for frame in pool:
+        if source_key(frame) in by_set:
+            by_set[source_key(frame)][1].append(frame)
+    active = {k: v for k, v in by_set.items() if weights.get(k, 1.0) > 0}
+    # data sets weighted 0 are left out, and with them their part of the epoch
+    total = int(round(total * sum(len(v[0]) for v in active.values()) / max(len(drawn), 1)))
+    weight_sum = sum(weights.get(k, 1.0) for k in active)
+    out: list = []
+    for key in sorted(active):
+        first, everything = active[key]
+        count = int(round(total * weights.get(key, 1.0) / weight_sum))
+        if count <= len(first):
+            out += _draw(first, count, rng)
+            continue
+        chosen = set(map(id, first))
+        rest = [f for f in everything if id(f) not in chosen]
+        picked = first + _draw(rest, count - len(first), rng)
+        repeats, extra = divmod(count, len(picked))
+        out += picked * repeats + _draw(picked, extra, rng)
+    return out
+
+
 class DetectionDataset(Dataset):
     """Detector items from frame records: positives sampled per polyp, plus negative frames.
 
@@ -165,6 +202,9 @@ class DetectionDataset(Dataset):
     letterboxed, normalised); targets {"heatmap","wh","offset","reg_weight","heatmap_weight"}
     (see `centernet_targets`), "boxes" float32 (MAX_BOXES,4) in input pixels, "difficult" bool (MAX_BOXES,), "num_boxes", "polyp_index" (MAX_BOXES,)
     into `self.polyp_ids` (-1: padding), "video_index" into `self.videos`, "frame_index".
+    `source_weights` ({data set: weight}, data set = `source_key`): each epoch's positive frames,
+    and its negative frames, are shared among the data sets in proportion to their weights
+    (`_weighted_draw`; a weight of 0 leaves a data set out); None: as the frames come.
     Augmentation (training) moves image, boxes and FOV mask together; a box squeezed under
     2 px by it is dropped. An unreadable image is logged and replaced by another frame.
     """
@@ -172,7 +212,8 @@ class DetectionDataset(Dataset):
     def __init__(self, frames: Sequence[FrameRecord], spec: DetectorInputSpec, stride: int,
                  augment: PairedAugment | None = None, fov_cache: FovMaskCache | None = None, *,
                  positives_per_polyp: int | None = None, negative_fraction: float = 0.25,
-                 sampling: str = "random", sampling_seed: int = 0) -> None:
+                 sampling: str = "random", sampling_seed: int = 0,
+                 source_weights: dict[str, float] | None = None) -> None:
         if not 0.0 <= negative_fraction < 1.0:
             raise ConfigError(f"negative_fraction must be in [0, 1), got {negative_fraction}")
         if sampling not in ("random", "uniform"):
@@ -187,6 +228,10 @@ class DetectionDataset(Dataset):
         self.negative_fraction = float(negative_fraction)
         self.sampling = sampling
         self.sampling_seed = int(sampling_seed)
+        if source_weights is not None and (any(not w >= 0 for w in source_weights.values())
+                                           or not any(w > 0 for w in source_weights.values())):
+            raise ConfigError(f"source weights must be >= 0 with one above 0, got {source_weights}")
+        self.source_weights = dict(source_weights) if source_weights else None
         ordered = sorted(frames, key=lambda f: (f.video, f.frame_index))
         # A frame whose only boxes are difficult (ignore regions) is drawn as a negative: it
         # teaches background everywhere but inside those boxes.
@@ -215,10 +260,15 @@ class DetectionDataset(Dataset):
             drawn = {(f.video, f.frame_index): f for polyp in sorted(by_polyp)
                      for f in _draw(by_polyp[polyp], self.positives_per_polyp, rng)}
             positives = list(drawn.values())
+        if self.source_weights:
+            positives = _weighted_draw(positives, self.positives, len(positives), self.source_weights, rng)
         wanted = int(round(len(positives) * self.negative_fraction / (1.0 - self.negative_fraction)))
         if not positives:
             wanted = len(self.negatives)
-        negatives = _draw(self.negatives, wanted, rng)
+        if self.source_weights:
+            negatives = _weighted_draw(self.negatives, self.negatives, wanted, self.source_weights, rng)
+        else:
+            negatives = _draw(self.negatives, wanted, rng)
         return sorted(positives + negatives, key=lambda f: (f.video, f.frame_index))
 
     def set_epoch(self, epoch: int) -> None:

@@ -67,6 +67,8 @@ class DatasetIndex:
     skipped: list[Skip] = field(default_factory=list)
     # Things used as they are but worth a look (e.g. official boxes that disagree with masks).
     warnings: list[Skip] = field(default_factory=list)
+    # Sampling weight per data set (`trainer.data.detection.source_key`), from `data.sources`.
+    source_weights: dict[str, float] = field(default_factory=dict)
 
     def samples_by_polyp(self) -> dict[str, list[SampleRecord]]:
         out: dict[str, list[SampleRecord]] = {}

@@ -14,9 +14,11 @@ import fcntl
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
-from ..config import DataSourceConfig, SyntheticConfig
+from ..config import DataSourceConfig, SourceConfig, SyntheticConfig
 from ..data import DatasetIndex, read_dataset
 from pipeline.errors import ConfigError, DataError
 from pipeline.fsutil import write_json_atomic
@@ -90,7 +92,16 @@ def data_root(source: DataSourceConfig, progress: bool = True) -> str:
     return str(Path(source.root).expanduser())
 
 
-def read_source(source: DataSourceConfig, *, negatives: bool = False,
+def read_source(source: DataSourceConfig, *, negatives: bool = False, **kwargs) -> tuple[DatasetIndex, str]:
+    """(index, root) of the data a config section names: `data.sources` (several data sets,
+    `read_sources`) when it has them, else the section's own kind and root (`read_one_source`)."""
+    sources = getattr(source, "sources", ())
+    if sources:
+        return read_sources(sources, negatives=negatives, **kwargs)
+    return read_one_source(source, negatives=negatives, **kwargs)
+
+
+def read_one_source(source: DataSourceConfig, *, negatives: bool = False,
                 progress: bool = True) -> tuple[DatasetIndex, str]:
     """(index, root) of a data source; DataError when it holds no polyp boxes with sizes.
 
@@ -100,7 +111,56 @@ def read_source(source: DataSourceConfig, *, negatives: bool = False,
     kwargs = {"root": root, "negatives": negatives}
     if source.kind == "sun":
         kwargs.update(case_pattern=source.case_pattern, size_table=source.size_table)
+    kwargs.update(source.options)
     index = read_dataset(source.kind, **kwargs)
-    if not index.samples:
+    # A detector (negatives) needs frames and boxes; only the sizer needs sizes.
+    if not negatives and not index.samples:
         raise DataError(f"{root}: no polyp boxes with a known size ({index.summary()})")
     return index, root
+
+
+def read_sources(sources: Sequence[SourceConfig], *, negatives: bool = True,
+                 **kwargs) -> tuple[DatasetIndex, str]:
+    """Several data sets in one index, with `index.source_weights` for the detector's sampling.
+
+    Every frame's `source` starts with its data set's name (`source_key`): the reader's own
+    label (`polypgen/C3`, `kvasir_seg`) or, where the reader sets none, the kind (`synthetic`).
+    Weights are per data set; two entries of one data set must give it the same weight. Video
+    ids that an earlier data set already uses get the data set's name in front, so groups never
+    merge across data sets. Returns the first source's root (for per-video tables like fps).
+    """
+    from ..data.detection import source_key
+
+    combined = DatasetIndex()
+    roots: list[str] = []
+    used_videos: set[str] = set()
+    for i, source in enumerate(sources):
+        index, root = read_one_source(source, negatives=negatives, **kwargs)
+        roots.append(root)
+        renamed: dict[str, str] = {}
+        frames = []
+        for frame in index.frames:
+            label = frame.source or source.kind
+            video = frame.video
+            if video in used_videos and frame.source == "":
+                video = renamed.setdefault(video, f"{label}/{video}")
+            frames.append(replace(frame, source=label, video=video))
+        name = source_key(frames[0]) if frames else source.kind
+        previous = combined.source_weights.get(name)
+        if previous is not None and previous != source.weight:
+            raise ConfigError(f"config key 'data.sources[{i}].weight': data set {name!r} is listed "
+                              f"again with weight {source.weight:g}, earlier {previous:g} "
+                              f"(one weight per data set; name image folders apart with options.name)")
+        combined.source_weights[name] = source.weight
+        for f in frames:
+            combined.source_weights.setdefault(source_key(f), source.weight)
+        used_videos.update(f.video for f in frames)
+        combined.frames += frames
+        combined.samples += [replace(s, video=renamed.get(s.video, s.video)) for s in index.samples]
+        combined.polyp_sizes.update(index.polyp_sizes)
+        combined.skipped += index.skipped
+        combined.warnings += index.warnings
+        log.info("data source %d (%s, weight %g): %s", i, name, source.weight, index.summary())
+    if not negatives and not combined.samples:
+        raise DataError(f"data.sources: no polyp boxes with a known size ({combined.summary()})")
+    return combined, roots[0]
