@@ -98,16 +98,18 @@ def test_sun_records_exact(fixtures_dir):
     frames = {(f.video, f.frame_index): f for f in index.frames}
     pos1 = "sundatabase_positive_part1/case1"     # two releases' parts both have a case1
     neg1 = "sundatabase_negative_part1/case1"
-    assert sorted(frames) == sorted([(neg1, 1), (neg1, 2), (pos1, 1), (pos1, 2), (pos1, 5),
-                                     ("case2", 1), ("case2", 3), ("case3", 1), ("case3", 2),
-                                     ("case4", 1)])
-    assert [b.box for b in frames[pos1, 2].boxes] == [(12, 10, 32, 30)]   # class 1 box dropped
-    assert frames["case2", 3].boxes == ()      # only a non-polyp box: negative
-    assert frames[neg1, 1].boxes == ()
-    assert frames["case4", 1].boxes[0].polyp_id == "case4"
+    # frame_index: the frame's position in its case (image_001 is 0)
+    assert sorted(frames) == sorted([(neg1, 0), (neg1, 1), (pos1, 0), (pos1, 1), (pos1, 4),
+                                     ("case2", 0), ("case2", 2), ("case3", 0), ("case3", 1),
+                                     ("case4", 0)])
+    assert [b.box for b in frames[pos1, 1].boxes] == [(12, 10, 32, 30)]   # class 1 box dropped
+    assert frames[pos1, 1].image_path.endswith("positive_part1/case1/image_002.jpg")
+    assert frames["case2", 2].boxes == ()      # only a non-polyp box: negative
+    assert frames[neg1, 0].boxes == ()
+    assert frames["case4", 0].boxes[0].polyp_id == "case4"
     assert index.polyp_sizes == {"case1": 6.0, "case2": 18.0, "case4": 15.0}   # 15mm- = 15 or more
     assert sorted((s.polyp_id, s.video, s.frame_index) for s in index.samples) == [
-        ("case1", pos1, 1), ("case1", pos1, 2), ("case2", "case2", 1), ("case4", "case4", 1)]
+        ("case1", pos1, 0), ("case1", pos1, 1), ("case2", "case2", 0), ("case4", "case4", 0)]
     reasons = sorted(s.reason for s in index.skipped)
     assert len(reasons) == 5
     assert any(r.startswith("missing field: case1.txt:3") for r in reasons)

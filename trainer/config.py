@@ -24,7 +24,7 @@ from pipeline.configfile import (_build, choices, config_to_dict, parse_override
 from pipeline.errors import ConfigError
 
 TASKS = ("sizer", "detector")
-DATA_KINDS = ("realcolon", "sun", "manifest", "synthetic")
+DATA_KINDS = ("realcolon", "sun", "sun_seg", "manifest", "synthetic")
 # Still-image polyp sets and frames without polyps: detector data (frames, boxes; no sizes).
 IMAGE_SET_KINDS = ("kvasir_seg", "polypgen", "image_folder", "negatives")
 HEADS = ("regression", "classification", "both")
@@ -259,7 +259,7 @@ def _check_source_paths(source: DataSourceConfig, prefix: str) -> None:
     if source.root is None:
         raise ConfigError(f"config key '{prefix}.root': required for {prefix}.kind '{source.kind}'")
     _require_path(source.root, f"{prefix}.root")
-    if source.kind == "sun" and source.size_table is not None:
+    if source.kind in ("sun", "sun_seg") and source.size_table is not None:
         _require_path(source.size_table, f"{prefix}.size_table")
 
 

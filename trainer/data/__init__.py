@@ -18,11 +18,13 @@ from .sampling import (TRAIN_FRAMES_PER_POLYP, VAL_FRAMES_PER_POLYP, PolypFrameS
                        sample_per_polyp)
 from .splits import load_split_file, make_kfold_splits, save_split_file, train_val_ids
 from .sun import read_sun
+from .sunseg import read_sun_seg
 
 READERS = {
     "realcolon": read_realcolon,
     "synthetic": read_realcolon,     # the generator writes the REAL-Colon layout
     "sun": read_sun,
+    "sun_seg": read_sun_seg,         # SUN-SEG: Frame/caseN_M/ + Detection/bbox_annotation.json
     "manifest": read_manifest,
     # still images with masks (detector data: frames and boxes, no polyp sizes)
     "kvasir_seg": read_kvasir_seg,
@@ -50,5 +52,5 @@ __all__ = ["BoxAnnotation", "DatasetIndex", "FrameRecord", "SampleRecord", "Skip
            "TRAIN_FRAMES_PER_POLYP", "VAL_FRAMES_PER_POLYP", "PolypFrameSampler",
            "load_split_file", "make_kfold_splits", "parse_size_mm", "read_dataset",
            "read_image_folder", "read_kvasir_seg", "read_manifest", "read_negatives", "read_polypgen",
-           "read_realcolon", "read_sun", "sample_per_polyp", "save_split_file",
+           "read_realcolon", "read_sun", "read_sun_seg", "sample_per_polyp", "save_split_file",
            "train_val_ids"]

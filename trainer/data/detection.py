@@ -232,7 +232,7 @@ class DetectionDataset(Dataset):
                                            or not any(w > 0 for w in source_weights.values())):
             raise ConfigError(f"source weights must be >= 0 with one above 0, got {source_weights}")
         self.source_weights = dict(source_weights) if source_weights else None
-        ordered = sorted(frames, key=lambda f: (f.video, f.frame_index))
+        ordered = sorted(frames, key=lambda f: (f.video, f.frame_index, f.image_path))
         # A frame whose only boxes are difficult (ignore regions) is drawn as a negative: it
         # teaches background everywhere but inside those boxes.
         self.positives = [f for f in ordered if any(not b.difficult for b in f.boxes)]
@@ -252,12 +252,13 @@ class DetectionDataset(Dataset):
         if self.positives_per_polyp is None:
             positives = list(self.positives)
         else:
-            # each polyp draws from every frame showing it; a frame drawn twice counts once
+            # each polyp draws from every frame showing it; a frame drawn twice counts once (keyed
+            # by its file: two frames sharing a (video, index) must not collapse into one)
             by_polyp: dict[str, list[FrameRecord]] = {}
             for frame in self.positives:
                 for polyp in dict.fromkeys(b.polyp_id for b in frame.boxes if not b.difficult):
                     by_polyp.setdefault(polyp, []).append(frame)
-            drawn = {(f.video, f.frame_index): f for polyp in sorted(by_polyp)
+            drawn = {f.image_path: f for polyp in sorted(by_polyp)
                      for f in _draw(by_polyp[polyp], self.positives_per_polyp, rng)}
             positives = list(drawn.values())
         if self.source_weights:
@@ -269,7 +270,7 @@ class DetectionDataset(Dataset):
             negatives = _weighted_draw(self.negatives, self.negatives, wanted, self.source_weights, rng)
         else:
             negatives = _draw(self.negatives, wanted, rng)
-        return sorted(positives + negatives, key=lambda f: (f.video, f.frame_index))
+        return sorted(positives + negatives, key=lambda f: (f.video, f.frame_index, f.image_path))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

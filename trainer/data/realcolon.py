@@ -1,7 +1,12 @@
 """REAL-Colon reader: one Pascal VOC XML per frame, `lesion_info.csv` with each polyp's size.
 
-Layout (data-formats.md): `SSS-VVV_frames/SSS-VVV_<t>.jpg`, `SSS-VVV_annotations/SSS-VVV_<t>.xml`,
-`lesion_info.csv`, `video_info.csv`. The synthetic generator writes the same layout.
+Layout (docs/data-formats.md): `SSS-VVV_frames/SSS-VVV_<t>.jpg`,
+`SSS-VVV_annotations/SSS-VVV_<t>.xml`, `lesion_info.csv`, `video_info.csv`. The synthetic
+generator writes the same layout. Video 001-012 names its frames `001-012_<t>.0.jpg`, while its
+XML may say `001-012_<t>.jpg`: frame numbers are read the way the official scripts read them
+(`name.split("_")[-1].split(".")[0]`) and the file is looked up on disk by that number when the
+XML's name is not there. Boxes stay in continuous pixel coordinates clipped to [0, W] x [0, H]
+(`records.check_box`), not the official COCO export's [0, W-1] x [0, H-1].
 """
 from __future__ import annotations
 
@@ -15,8 +20,7 @@ from pipeline.errors import DataError
 from pipeline.progress import Progress
 from .images import jpeg_size
 from .records import (BoxAnnotation, DatasetIndex, FrameRecord, SampleRecord, SkipLog,
-                      check_box, finish_index, frame_sort_key, polyp_sizes,
-                      trailing_int)
+                      check_box, finish_index, polyp_sizes)
 
 log = logging.getLogger("hagview.data")
 
@@ -26,15 +30,66 @@ VIDEO_CSV = "video_info.csv"
 _INVERTED_VERSION_TAG = re.compile(rb"</version_fmt>.*?<version_fmt>", re.S)
 
 
+def realcolon_frame_number(name: str) -> int | None:
+    """The frame number in a REAL-Colon file name, read like the official scripts read it
+    (`name.split("_")[-1].split(".")[0]`): `001-001_152.jpg` -> 152, `001-012_9.0.jpg` -> 9
+    (a trailing-digits rule would read 0 there)."""
+    token = Path(name).name.split("_")[-1].split(".")[0]
+    return int(token) if token.isascii() and token.isdigit() else None
+
+
+def _frame_file_key(path: Path):
+    n = realcolon_frame_number(path.name)
+    return (n if n is not None else -1, path.name)
+
+
+class _FrameFiles:
+    """The frame files of one video as they are on disk, found by name or by frame number."""
+
+    def __init__(self, frames_dir: Path):
+        try:
+            names = [p.name for p in frames_dir.iterdir()]
+        except OSError:
+            names = None            # no folder: names are taken as written (and found missing later)
+        self.names = set(names or ())
+        self.listed = names is not None
+        by_number: dict[int, list[str]] = {}
+        for name in sorted(self.names):
+            n = realcolon_frame_number(name)
+            if n is not None and Path(name).suffix.lower() in (".jpg", ".jpeg", ".png"):
+                by_number.setdefault(n, []).append(name)
+        self.by_number = by_number
+        self.renamed = 0
+        self.example = ""
+
+    def resolve(self, name: str, number: int) -> str:
+        """The file on disk for the XML's `name`: itself, or the one file with its frame number
+        (`001-012_8.jpg` in the XML, `001-012_8.0.jpg` on disk)."""
+        if not self.listed or name in self.names:
+            return name
+        candidates = self.by_number.get(number, [])
+        if len(candidates) == 1:
+            self.renamed += 1
+            self.example = self.example or f"{candidates[0]} for {name}"
+            return candidates[0]
+        return name
+
+    def exists(self, name: str) -> bool:
+        return not self.listed or name in self.names
+
+
 def read_realcolon(root, *, negatives: bool = True, verify_images: bool = True,
                    accept_lower_bound: bool = True, progress: bool = False) -> DatasetIndex:
     """Index a REAL-Colon style directory.
 
     negatives: keep frames without polyps in `frames` (a detector needs them, the sizer does not).
     verify_images: check the JPEG header and end marker of every frame that carries a box
-    (`images.jpeg_size`); broken ones are skipped instead of failing mid-epoch.
+    (`images.jpeg_size`) and that every negative frame's file exists; broken ones are skipped
+    instead of failing mid-epoch.
     A frame whose XML does not parse or has an object with a missing field is skipped as a
     whole: keeping its other boxes would teach a detector that a visible polyp is background.
+    Two XMLs of one video naming the same frame number: the first (in file-name order) is kept,
+    each other one is skipped as a duplicate and the count is logged per video.
     """
     root = Path(root)
     if not root.is_dir():
@@ -49,17 +104,23 @@ def read_realcolon(root, *, negatives: bool = True, verify_images: bool = True,
 
     index = DatasetIndex()
     boxes_per_unsized: dict[str, int] = {}
-    xml_lists = [(d, sorted(d.glob("*.xml"), key=frame_sort_key)) for d in ann_dirs]
+    xml_lists = [(d, sorted(d.glob("*.xml"), key=_frame_file_key)) for d in ann_dirs]
     total = sum(len(x) for _, x in xml_lists)
     with Progress(total, "files", "reading REAL-Colon", enabled=progress) as bar:
         for ann_dir, xmls in xml_lists:
             video = ann_dir.name.rsplit("_", 1)[0]
             frames_dir = root / f"{video}_frames"
+            files = _FrameFiles(frames_dir)
+            frames: list[FrameRecord] = []
             for xml_path in xmls:
                 bar.update(1)
-                frame = _read_frame(xml_path, video, frames_dir, negatives, verify_images, skips)
-                if frame is None:
-                    continue
+                frame = _read_frame(xml_path, video, frames_dir, files, negatives, verify_images, skips)
+                if frame is not None:
+                    frames.append(frame)
+            if files.renamed:
+                log.info("REAL-Colon %s: %d frame file(s) found by frame number under another name "
+                         "than their XML gives (e.g. %s)", video, files.renamed, files.example)
+            for frame in _drop_duplicate_indices(frames, video, ann_dir, skips):
                 index.frames.append(frame)
                 for ann in frame.boxes:
                     size = sizes.get(ann.polyp_id)
@@ -131,7 +192,27 @@ def _parse_xml(data: bytes) -> ET.Element:
         return ET.fromstring(fixed)
 
 
-def _read_frame(xml_path: Path, video: str, frames_dir: Path, negatives: bool,
+def _drop_duplicate_indices(frames: list[FrameRecord], video: str, ann_dir: Path,
+                            skips: SkipLog) -> list[FrameRecord]:
+    """Frames with distinct frame numbers: a second XML for a number is reported, not kept
+    (a detector epoch keys frames by (video, index) and would silently drop one of them)."""
+    first: dict[int, FrameRecord] = {}
+    kept = []
+    for frame in sorted(frames, key=lambda f: (f.frame_index, Path(f.image_path).name)):
+        other = first.get(frame.frame_index)
+        if other is not None:
+            skips.add(frame.image_path, f"duplicate frame index: frame {frame.frame_index} of {video} "
+                                        f"is also {Path(other.image_path).name} (kept)")
+            continue
+        first[frame.frame_index] = frame
+        kept.append(frame)
+    if len(kept) < len(frames):
+        log.warning("REAL-Colon %s: %d frame(s) share a frame number with another frame in %s "
+                    "and were skipped", video, len(frames) - len(kept), ann_dir.name)
+    return kept
+
+
+def _read_frame(xml_path: Path, video: str, frames_dir: Path, files: _FrameFiles, negatives: bool,
                 verify_images: bool, skips: SkipLog) -> FrameRecord | None:
     try:
         data = xml_path.read_bytes()
@@ -145,14 +226,14 @@ def _read_frame(xml_path: Path, video: str, frames_dir: Path, negatives: bool,
     except ET.ParseError as exc:
         skips.add(xml_path, f"XML does not parse: {exc}")
         return None
-    filename = (root.findtext("filename") or "").strip() or f"{xml_path.stem}.jpg"
-    image_path = frames_dir / Path(filename).name
-    frame_index = trailing_int(Path(filename).stem)
+    filename = Path((root.findtext("filename") or "").strip() or f"{xml_path.stem}.jpg").name
+    frame_index = realcolon_frame_number(filename)
     if frame_index is None:
-        frame_index = trailing_int(xml_path.stem)
+        frame_index = realcolon_frame_number(xml_path.name)
     if frame_index is None:
         skips.add(xml_path, f"no frame number: cannot read one from {filename!r}")
         return None
+    image_path = frames_dir / files.resolve(filename, frame_index)
     image_size = _xml_size(root)
 
     boxes = []
@@ -163,6 +244,9 @@ def _read_frame(xml_path: Path, video: str, frames_dir: Path, negatives: bool,
             return None
         boxes.append(ann)
     if not boxes and not negatives:
+        return None
+    if not boxes and verify_images and not files.exists(image_path.name):
+        skips.add(image_path, "unreadable JPEG: image file is missing")
         return None
     if boxes and verify_images:
         actual, problem = jpeg_size(image_path)

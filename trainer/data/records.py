@@ -36,6 +36,10 @@ class FrameRecord:
     frame_index: int
     image_size: tuple[int, int] | None      # (width, height) when known
     boxes: tuple[BoxAnnotation, ...]        # empty: a negative frame
+    # The continuous sub-sequence of `video` the frame belongs to ("" = the whole video is one
+    # clip). A SUN case holds several recordings whose image numbers restart: each is a clip for
+    # tracking and detection delays, while the case stays one video for splits.
+    clip: str = ""
     # The data set (and centre) the frame comes from, e.g. "kvasir_seg", "polypgen/C3": for
     # per-source sampling weights, per-data-set metrics and centre-grouped folds. `video` is
     # the group whose frames must stay in one fold (a video, a patient, a sequence).

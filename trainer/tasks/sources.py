@@ -109,7 +109,7 @@ def read_one_source(source: DataSourceConfig, *, negatives: bool = False,
     """
     root = data_root(source, progress)
     kwargs = {"root": root, "negatives": negatives}
-    if source.kind == "sun":
+    if source.kind in ("sun", "sun_seg"):
         kwargs.update(case_pattern=source.case_pattern, size_table=source.size_table)
     kwargs.update(source.options)
     index = read_dataset(source.kind, **kwargs)
