@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.cli_util import EXIT_FAILURE, run_cli
+from pipeline.cli_util import EXIT_FAILURE, ArgumentParser, add_run_options, run_cli
 from pipeline.errors import ConfigError, HagviewError
 from pipeline.fsutil import check_writable_dir
 
@@ -29,29 +29,16 @@ PROG = "hagview"
 log = logging.getLogger(__name__)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises ConfigError, so bad arguments are one line and exit code 2."""
-
-    def error(self, message: str):
-        raise ConfigError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Watch endoscopy video with polyps tracked and sized live "
-                "(HAG+GR models). Research software: not for clinical use.")
+    p = ArgumentParser(prog=PROG, description="Watch endoscopy video with polyps tracked and sized live "
+                       "(HAG+GR models). Research software: not for clinical use.")
     p.add_argument("--source", default="demo", metavar="SRC",
                    help="/dev/videoN, a device index, a video file, a stream URL (rtsp://, udp://, srt://, "
                         "http://) or 'demo' (default: the synthetic demo with the demo bundles)")
-    p.add_argument("--config", metavar="FILE", help="run config YAML (configs/run/*.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one run config key, e.g. --set detect.score_threshold=0.5 (repeatable)")
-    p.add_argument("--sizer", metavar="BUNDLE", help="sizer bundle (default: the committed demo bundle)")
-    p.add_argument("--detector", metavar="BUNDLE", help="detector bundle (default: the committed demo bundle)")
+    add_run_options(p)
     p.add_argument("--boxes", metavar="FILE",
                    help="given boxes instead of a detector: a synthetic .gt.json, a MOTChallenge text file, "
                         "or 'ground-truth' (the demo's own boxes)")
-    p.add_argument("--backend", default="auto", metavar="NAME",
-                   help="inference backend: auto, onnxruntime, torch-cpu, torch-cuda, torch-compile, tensorrt")
     p.add_argument("--record", metavar="PATH", help="record to this MP4 from the first frame (crash-safe)")
     p.add_argument("--record-mode", choices=("annotated", "raw"), default="annotated",
                    help="what recordings contain: the overlay burnt in (default) or the clean video")

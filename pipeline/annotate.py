@@ -25,14 +25,15 @@ import os
 import sys
 import time
 from array import array
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from pipeline.cli_util import EXIT_FAILURE, EXIT_OK, run_cli
-from pipeline.errors import ConfigError, HagviewError
+from pipeline.cli_util import EXIT_FAILURE, EXIT_OK, ArgumentParser, add_run_options, run_cli
+from pipeline.errors import ConfigError, HagviewError, describe_error
 from pipeline.fsutil import atomic_dir, check_writable_dir, write_json_atomic, write_text_atomic
 from pipeline.progress import Progress
 
@@ -51,15 +52,25 @@ HISTORY_KEYS = ("time", "frame_mm", "smoothed_mm", "low_mm", "high_mm")
 AUTO_BOXES = "auto"
 
 
+@dataclass(frozen=True)
+class AnnotateOptions:
+    """What to write per input and how often to analyse (the command line's per-input options)."""
+    render: bool = False      # annotated.mp4
+    mot: bool = False         # mot.txt
+    every: int = 1            # analyse every Nth frame
+    quiet: bool = False       # no progress line
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "AnnotateOptions":
+        return cls(render=args.render, mot=args.mot, every=args.every, quiet=args.quiet)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=PROG, description="Annotate recorded endoscopy videos: track polyps, "
+    p = ArgumentParser(prog=PROG, description="Annotate recorded endoscopy videos: track polyps, "
                                 "size them per track, write per-frame results, a report and optionally a video.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files (or 'demo')")
     p.add_argument("--out", required=True, help="output directory (one sub-directory per input)")
-    p.add_argument("--sizer", help="sizer bundle (default: the committed demo bundle when present)")
-    p.add_argument("--detector", help="detector bundle (default: the committed demo bundle when present)")
-    p.add_argument("--backend", default="auto", help="inference backend: auto, onnxruntime, torch-cpu, "
-                   "torch-cuda, torch-compile, tensorrt (default auto)")
+    add_run_options(p)
     p.add_argument("--boxes", action="append", metavar="FILE",
                    help="given boxes instead of a detector: a synthetic .gt.json or MOTChallenge text file; "
                         "once per input (same order) or 'auto' (INPUT's sibling <name>.gt.json / .gt.txt)")
@@ -68,9 +79,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mot", action="store_true", help="also write mot.txt (MOTChallenge tracks)")
     p.add_argument("--every", type=int, default=1, metavar="N", help="analyse every Nth frame (default 1)")
     p.add_argument("--resume", action="store_true", help="skip inputs whose output is already complete")
-    p.add_argument("--config", help="run config YAML (configs/run/*.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set detect.score_threshold=0.5")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.every < 1:
@@ -290,7 +298,7 @@ def auto_boxes(spec: str) -> str:
     raise HagviewError(f"{spec}: --boxes auto found neither {stem}.gt.json nor {stem}.gt.txt next to it")
 
 
-def annotate_input(spec: str, directory: Path, make_analysis, args: argparse.Namespace, config) -> dict[str, Any]:
+def annotate_input(spec: str, directory: Path, make_analysis, options: AnnotateOptions, config) -> dict[str, Any]:
     """Annotate one input into `directory` (built under a temporary name). Returns run.json.
 
     `make_analysis()` -> (Analysis, model_info, boxes path or None) is called once the input
@@ -305,14 +313,14 @@ def annotate_input(spec: str, directory: Path, make_analysis, args: argparse.Nam
         analysis, model_info, boxes = make_analysis()
         with atomic_dir(directory) as tmp:
             os.chmod(tmp, _directory_mode())     # mkdtemp makes it private; the result is an ordinary folder
-            writer = AnnotationWriter(tmp, render=args.render, mot=args.mot, synthetic=model_info["synthetic"],
+            writer = AnnotationWriter(tmp, render=options.render, mot=options.mot, synthetic=model_info["synthetic"],
                                       fps=source.fps, thumb_size=config.output.thumbnail_size,
                                       crf=config.output.render_crf, preset=config.output.render_preset,
                                       line_width=config.output.overlay_line_width)
             progress = Progress(total, unit="frames", label=directory.name, rate_unit="fps",
-                                enabled=not args.quiet)
+                                enabled=not options.quiet)
             try:
-                stats = run_offline(source, analysis, writer, every=args.every,
+                stats = run_offline(source, analysis, writer, every=options.every,
                                     queue_capacity=config.runtime.offline_queue_capacity,
                                     on_frame_done=progress.update)
             except BaseException:
@@ -331,7 +339,7 @@ def annotate_input(spec: str, directory: Path, make_analysis, args: argparse.Nam
                        "truncated": bool(source.counters.get("truncated", 0))}
             polyps = writer.finish(f"hagview-annotate: {directory.name}", summary)
             run = {"input": os.path.abspath(spec) if spec != "demo" else "demo", "boxes": boxes,
-                   "models": model_info, "every": args.every, "render": args.render, "mot": args.mot,
+                   "models": model_info, "every": options.every, "render": options.render, "mot": options.mot,
                    "frames": writer.frames_written, "frames_analysed": writer.frames_analysed,
                    "polyps": len(polyps), "seconds": round(elapsed, 3), "source": dict(source.counters),
                    "stats": stats, "config": run_config_to_dict(config)}
@@ -343,9 +351,18 @@ def annotate_input(spec: str, directory: Path, make_analysis, args: argparse.Nam
     return run
 
 
+def input_error(spec: str, exc: BaseException) -> str:
+    """The one line for an input that failed: our errors name their file already; others get
+    the input's name in front."""
+    if isinstance(exc, HagviewError) or (isinstance(exc, OSError) and exc.filename):
+        return describe_error(exc)
+    return f"{spec}: {describe_error(exc)}"
+
+
 @run_cli(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    options = AnnotateOptions.from_args(args)
     config = load_run_config(args.config, args.set)
     out = check_writable_dir(args.out)
     share_cores_between_threads()
@@ -373,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     failures = 0
     for i, spec in enumerate(args.inputs):
         directory = out / output_name(spec, taken)
-        if args.resume and is_complete(directory, render=args.render, mot=args.mot):
+        if args.resume and is_complete(directory, render=options.render, mot=options.mot):
             print(f"{PROG}: {spec}: already done in {directory} (--resume)", file=sys.stderr)
             continue
         def make_analysis(spec=spec, i=i):
@@ -384,23 +401,16 @@ def main(argv: list[str] | None = None) -> int:
             return analysis, {**shared_info, "boxes": boxes}, boxes
 
         try:
-            run = annotate_input(spec, directory, make_analysis, args, config)
+            run = annotate_input(spec, directory, make_analysis, options, config)
             print(f"{PROG}: {spec}: {run['frames']} frames, {run['polyps']} polyps -> {directory / 'report.html'}",
                   file=sys.stderr)
         except KeyboardInterrupt:
             raise
-        except HagviewError as exc:
-            failures += 1
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
-        except OSError as exc:
-            failures += 1
-            where = f"{exc.filename}: " if exc.filename else f"{spec}: "
-            print(f"{PROG}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         except Exception as exc:     # one bad input must not stop the others
-            if os.environ.get("HAGVIEW_DEBUG"):
+            if os.environ.get("HAGVIEW_DEBUG") and not isinstance(exc, (HagviewError, OSError)):
                 raise
             failures += 1
-            print(f"{PROG}: error: {spec}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(f"{PROG}: error: {input_error(spec, exc)}", file=sys.stderr)
     return EXIT_OK if failures == 0 else EXIT_FAILURE
 
 

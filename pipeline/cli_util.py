@@ -1,12 +1,13 @@
 """What every command-line entry point shares: errors become one line on stderr and an exit code."""
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import sys
 from typing import Callable
 
-from .errors import HagviewError
+from .errors import ConfigError, HagviewError, describe_error
 
 EXIT_OK = 0
 EXIT_FAILURE = 1     # the work ran but something failed (e.g. one of several inputs)
@@ -32,18 +33,34 @@ def run_cli(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., in
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted", file=sys.stderr)
                 return EXIT_INTERRUPTED
-            except HagviewError as exc:
-                print(f"{prog}: error: {exc}", file=sys.stderr)
-                return EXIT_USAGE
-            except OSError as exc:
-                where = f"{exc.filename}: " if exc.filename else ""
-                print(f"{prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+            except (HagviewError, OSError) as exc:
+                print(f"{prog}: error: {describe_error(exc)}", file=sys.stderr)
                 return EXIT_USAGE
             except Exception as exc:  # last resort: still one line, never a bare traceback
                 if os.environ.get("HAGVIEW_DEBUG"):
                     raise
-                print(f"{prog}: internal error: {type(exc).__name__}: {exc} "
+                print(f"{prog}: internal error: {describe_error(exc)} "
                       f"(set HAGVIEW_DEBUG=1 for the traceback)", file=sys.stderr)
                 return EXIT_FAILURE
         return wrapper
     return decorate
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises ConfigError, so bad arguments are one line and exit code 2 (run_cli)."""
+
+    def error(self, message: str):
+        raise ConfigError(message)
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options `hagview` and `hagview-annotate` share: run config, models and backend."""
+    from .engines import BACKEND_CHOICES
+
+    parser.add_argument("--config", metavar="FILE", help="run config YAML (configs/run/*.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one run config key, e.g. --set detect.score_threshold=0.5 (repeatable)")
+    parser.add_argument("--sizer", metavar="BUNDLE", help="sizer bundle (default: the committed demo bundle)")
+    parser.add_argument("--detector", metavar="BUNDLE", help="detector bundle (default: the committed demo bundle)")
+    parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, metavar="NAME",
+                        help=f"inference backend: {', '.join(BACKEND_CHOICES)} (default: auto)")

@@ -23,3 +23,15 @@ class BackendUnavailable(HagviewError):
 
 class SourceError(HagviewError):
     """A video source cannot be opened or read."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """An exception as the one line a user sees: a HagviewError's own message, an OS error's file
+    and reason, anything else with its type (it is a bug, and the type says where to look)."""
+    if isinstance(exc, HagviewError):
+        text = str(exc)
+    elif isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    else:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__

@@ -8,7 +8,7 @@ import math
 import re
 from pathlib import Path
 
-from pipeline.cli_util import run_cli
+from pipeline.cli_util import ArgumentParser, run_cli
 from pipeline.errors import ConfigError
 
 from .onnx import DEFAULT_OPSET, EXPORTERS, MIN_OPSET
@@ -18,15 +18,8 @@ log = logging.getLogger(__name__)
 PROG = "hagview-export"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises ConfigError, so bad arguments are one line and exit code 2."""
-
-    def error(self, message: str):
-        raise ConfigError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description=(
+    parser = ArgumentParser(prog=PROG, description=(
         "Fold the gates of a trained HAG model, export it to ONNX and write a model bundle "
         "(bundle.json, model.onnx, weights.safetensors). The bundle is written only when "
         "onnxruntime reproduces the folded PyTorch model."))

@@ -6,17 +6,10 @@ import re
 import sys
 from dataclasses import replace
 
-from pipeline.cli_util import run_cli
+from pipeline.cli_util import ArgumentParser, run_cli
 from pipeline.errors import ConfigError
 from pipeline.fsutil import check_writable_dir
 from .config import PRESETS, load_synth_config, validate_config
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument as a ConfigError: one line, exit code 2."""
-
-    def error(self, message: str):
-        raise ConfigError(message)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -27,7 +20,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="hagview-synth", description=__doc__.strip())
+    parser = ArgumentParser(prog="hagview-synth", description=__doc__.strip())
     parser.add_argument("--out", required=True, help="output directory (new or empty)")
     parser.add_argument("--videos", type=int, default=1, help="number of videos (default 1)")
     parser.add_argument("--seconds", type=float, help="length of each video in seconds")
