@@ -37,7 +37,7 @@ from PyQt6.QtCore import QObject, pyqtSignal
 from pipeline.runtime import LivePipeline, freeze_loaded_objects
 from pipeline.sources.base import SourceStatus, VideoSource
 from pipeline.types import Frame, FrameResult
-from pipeline.errors import HagviewError
+from pipeline.errors import HagviewError, describe_error
 
 from .recorder import Recorder, RecordingSummary
 from .snapshot import save_snapshot
@@ -184,7 +184,7 @@ class PipelineBridge(QObject):
                 self.command_failed.emit(f"{what}: {exc}")
             except Exception as exc:    # the window shows it; the program keeps running
                 log.debug("%s failed", what, exc_info=True)
-                self.command_failed.emit(f"{what}: {type(exc).__name__}: {exc}")
+                self.command_failed.emit(f"{what}: {describe_error(exc)}")
             return None
         return self._control.submit(run)
 
@@ -204,12 +204,10 @@ class PipelineBridge(QObject):
                                     prepare=lambda frame: self._prepare(session, frame),
                                     on_result=lambda r: self._on_result(session, r),
                                     on_state=lambda s: self._on_state(session, s))
-            except HagviewError as exc:
-                self.state_changed.emit("error", str(exc))
-                return
             except Exception as exc:
                 log.debug("opening %s failed", spec, exc_info=True)
-                self.state_changed.emit("error", f"{spec}: {type(exc).__name__}: {exc}")
+                self.state_changed.emit("error", describe_error(exc) if isinstance(exc, HagviewError)
+                                        else f"{spec}: {describe_error(exc)}")
                 return
             freeze_loaded_objects()
             src = pipe.source

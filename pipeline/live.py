@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.errors import HagviewError, SourceError
+from pipeline.errors import SourceError, describe_error
 
 from .config import RunConfig, load_run_config
 from .graph import EdgeClosed, FpsMeter, LatencyStats, OverlayJoin, StageGraph, call_at_priority
@@ -329,11 +329,9 @@ class LivePipeline:
                     self._set_state("playing")
         except EdgeClosed:
             pass
-        except HagviewError as exc:
-            self._fail(str(exc))
         except Exception as exc:    # the viewer shows the message; the program keeps running
             log.debug("capture failed", exc_info=True)
-            self._fail(f"{type(exc).__name__}: {exc}")
+            self._fail(describe_error(exc))
 
     def _do_seek(self, seconds: float) -> None:
         try:
@@ -402,5 +400,4 @@ class LivePipeline:
         self._set_state("error", message)
 
     def _analysis_failed(self, exc: BaseException) -> None:
-        self._fail(f"analysis stopped: {exc}" if isinstance(exc, HagviewError) else
-                   f"analysis stopped: {type(exc).__name__}: {exc}")
+        self._fail(f"analysis stopped: {describe_error(exc)}")

@@ -105,6 +105,7 @@ def paced_as_live(video: Path):
     """The clip handed out as a capture card hands out frames: a live source whose `read()`
     returns each decoded frame at its media time. The viewer can then prepare nothing ahead, so
     all it does after the read (display scaling included) is in the measured delay."""
+    from pipeline.pacing import MediaClock
     from pipeline.sources import FileSource, VideoSource
 
     class PacedLive(VideoSource):
@@ -114,7 +115,7 @@ def paced_as_live(video: Path):
         def __init__(self) -> None:
             super().__init__()
             self._file = FileSource(video, threaded=False)
-            self._t0: float | None = None
+            self._clock = MediaClock()
             self._stop = False
 
         @property
@@ -129,10 +130,7 @@ def paced_as_live(video: Path):
             frame = None if self._stop else self._file.read()
             if frame is None:
                 return None
-            now = time.perf_counter()
-            if self._t0 is None:
-                self._t0 = now - frame.pts
-            time.sleep(max(0.0, self._t0 + frame.pts - now))
+            time.sleep(max(0.0, self._clock.delay(frame.pts)))
             return frame
 
         def interrupt(self) -> None:

@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 
 from pipeline.errors import SourceError
 
+from ..pacing import MediaClock
 from ..types import Frame
 
 log = logging.getLogger(__name__)
@@ -262,8 +263,8 @@ class PacedSource(VideoSource):
         self.name = inner.name
         self.speed = speed
         self.counters = inner.counters
-        self._clock = clock
-        self._t0: float | None = None
+        # Behind by more than 0.25 s (the reader stalled): carry on in real time, no burst of late frames.
+        self._media_clock = MediaClock(max_late_s=0.25, clock=clock)
         self._stop = threading.Event()
 
     @property
@@ -278,12 +279,7 @@ class PacedSource(VideoSource):
         frame = self.inner.read()
         if frame is None:
             return None
-        now = self._clock()
-        if self._t0 is None:
-            self._t0 = now - frame.pts / self.speed
-        wait = self._t0 + frame.pts / self.speed - now
-        if wait < -0.25:     # the reader stalled: continue in real time, no burst of late frames
-            self._t0, wait = now - frame.pts / self.speed, 0.0
+        wait = self._media_clock.delay(frame.pts, self.speed)
         if wait > 0 and self._stop.wait(wait):
             return None
         return frame

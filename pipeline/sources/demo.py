@@ -11,6 +11,7 @@ import time
 
 from pipeline.errors import SourceError
 
+from ..pacing import MediaClock
 from ..types import Frame, GroundTruthBox
 from .base import VideoSource
 
@@ -40,11 +41,10 @@ class DemoSource(VideoSource):
         self.loop = loop
         self._seed = seed
         self._loop_index = 0
-        self._clock = clock
         self._stop = threading.Event()
         self._start_video()
         self._next_index = 0
-        self._t0: float | None = None
+        self._media_clock = MediaClock(max_late_s=MAX_LATE_S, clock=clock)
         self._pts_offset = 0.0
 
     def _start_video(self) -> None:
@@ -86,14 +86,9 @@ class DemoSource(VideoSource):
                 return None
         pts = self._pts_offset + float(synth.time)
         if self.is_live:
-            now = self._clock()
-            if self._t0 is None:
-                self._t0 = now - pts
-            wait = self._t0 + pts - now
-            if wait < -MAX_LATE_S:
-                # The reader stalled (paused, overloaded): carry on in real time from here rather
-                # than releasing the backlog in a burst, as a camera would.
-                self._t0, wait = now - pts, 0.0
+            # A reader stalled (paused, overloaded) by more than MAX_LATE_S carries on in real
+            # time from here rather than releasing the backlog in a burst, as a camera would.
+            wait = self._media_clock.delay(pts)
             if wait > 0 and self._stop.wait(wait):
                 return None
         offset = LOOP_ID_OFFSET * self._loop_index
