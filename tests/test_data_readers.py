@@ -117,6 +117,9 @@ def test_sun_records_exact(fixtures_dir):
     assert any("outside the 64x48 image (image_004.jpg" in r for r in reasons)
     assert any(r == "unreadable JPEG: not a JPEG (no start-of-image marker)" for r in reasons)
     assert any(r.startswith("polyp without size: case3 (size '<5'") for r in reasons)
+    # image_005 has no line in case1.txt: read as a negative, and said so
+    assert [(Path(w.file).relative_to(root).as_posix(), w.reason) for w in index.warnings] == [
+        (pos1, "frames without a box line: 1 of 5 frames of case1 (e.g. image_005.jpg) are read as negatives")]
 
 
 def test_sun_explicit_files_and_markdown_table(tmp_path, fixtures_dir):

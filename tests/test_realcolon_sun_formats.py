@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.errors import DataError
 from pipeline.prep import DetectorInputSpec
-from trainer.data import read_dataset, read_realcolon, read_sun
+from trainer.data import Skip, read_dataset, read_realcolon, read_sun
 from trainer.data.detection import DetectionDataset
 from trainer.data.realcolon import realcolon_frame_number
 from trainer.data.sun import sun_frame_name
@@ -83,7 +83,7 @@ FRAMES_012 = {8: (), 9: (("001-012_1", (10, 8, 30, 28)),), 10: (("001-012_1", (4
 
 @pytest.mark.parametrize("variant", ["xml says .jpg, disk .0.jpg", "xml says .0.jpg, disk .0.jpg",
                                      "xml says .0.jpg, disk .jpg"])
-def test_realcolon_001_012_frame_names(tmp_path, variant, caplog):
+def test_realcolon_001_012_frame_names(tmp_path, variant):
     v = "001-012"
     if variant == "xml says .jpg, disk .0.jpg":
         names = dict(xml_name=lambda t: f"{v}_{t}.xml", xml_says=lambda t: f"{v}_{t}.jpg",
@@ -98,8 +98,7 @@ def test_realcolon_001_012_frame_names(tmp_path, variant, caplog):
                      disk=lambda t: None if t == 12 else f"{v}_{t}.jpg")
         on_disk = ".jpg"
     _realcolon(tmp_path, v, FRAMES_012, **names)
-    with caplog.at_level(logging.INFO, logger="hagview.data"):
-        index = read_realcolon(tmp_path)
+    index = read_realcolon(tmp_path)
 
     assert [(f.video, f.frame_index) for f in index.frames] == [(v, 8), (v, 9), (v, 10), (v, 11)]
     assert [Path(f.image_path).name for f in index.frames] == [f"{v}_{t}{on_disk}" for t in (8, 9, 10, 11)]
@@ -112,10 +111,15 @@ def test_realcolon_001_012_frame_names(tmp_path, variant, caplog):
     # frame 12 has an XML but no JPEG: reported, not indexed as a negative pointing nowhere
     assert [(Path(s.file).name, s.reason) for s in index.skipped] == [
         (f"{v}_12{'.0.jpg' if 'says .0' in variant else '.jpg'}", "unreadable JPEG: image file is missing")]
-    renamed = [r.getMessage() for r in caplog.records if "found by frame number" in r.getMessage()]
-    assert len(renamed) == (0 if variant == "xml says .0.jpg, disk .0.jpg" else 1)
-    if renamed:
-        assert f"{v}: 4 frame file(s)" in renamed[0]
+    # names that differ from the XML's are said so, once per video
+    if variant == "xml says .0.jpg, disk .0.jpg":
+        assert index.warnings == []
+    else:
+        xml_says = "jpg" if variant == "xml says .jpg, disk .0.jpg" else "0.jpg"
+        found = "0.jpg" if xml_says == "jpg" else "jpg"
+        assert index.warnings == [Skip(str(tmp_path / f"{v}_frames"), (
+            f"renamed frames: 4 frame file(s) of {v} found by frame number under another name than "
+            f"their XML gives (e.g. {v}_8.{found} for {v}_8.{xml_says})"))]
 
     assert _epoch(index.frames, negative_fraction=0.5) == [(v, 8), (v, 9), (v, 10), (v, 11)]
     assert _epoch(index.frames, positives_per_polyp=1, negative_fraction=0.5) == [(v, 10), (v, 11)]
@@ -231,13 +235,16 @@ def test_sun_release_layout(tmp_path):
     assert _reasons(index) == [
         "misaligned row: row 5 has 7 cells for 6 columns (4, 1, 31, Is, 4mm, S, Low-grade adenoma); "
         "an unquoted comma inside a cell? size not read"]
+    assert index.warnings == [Skip(str(tmp_path / "sun_sizes.csv"), (
+        "split thousands: 2 row(s) had a frame count split at its unquoted thousands separator "
+        "(line 2, 4); read with the count joined"))]
 
 
 def test_sun_size_table_as_tsv(tmp_path):
     _sun_release(tmp_path, SIZES_TSV, "sun_sizes.tsv")
     index = read_sun(tmp_path)
     _check_release(index)
-    assert index.skipped == []
+    assert index.skipped == [] and index.warnings == []
 
 
 def test_sun_archive_unpacked_one_folder_deeper(tmp_path):
@@ -296,7 +303,8 @@ def _sun_seg(root: Path) -> None:
     for clip_dir, frames in (("case1_1", c11), ("case1_2", c12)):
         for c, n in frames:
             _jpeg(train / "Frame" / clip_dir / _name(c, n))
-    xywh = [("case1_1", _name(A2, 1)[:-4], [[30, 20, 12, 10]]),             # w < x: not corners
+    xywh = [("case1_1", _name(A2, 9)[:-4], [[30, 20, 12, 10]]),             # no such image on disk
+            ("case1_1", _name(A2, 1)[:-4], [[30, 20, 12, 10]]),             # w < x: not corners
             ("case1_1", _name(A2, 2)[:-4], [[50, 30, 14, 18]]),             # reaches the right edge
             ("case1_2", _name(A10, 1)[:-4], [[30, 20, 12, 10], [5, 5, 9, 9]]),   # 2nd fits both
             ("case1_2", _name(A10, 2)[:-4], [])]                            # no polyp visible
@@ -316,10 +324,9 @@ def _sun_seg(root: Path) -> None:
         "| 2_1 | 150 | 5.00 | Is | 18mm | R | High-grade adenoma |\n")
 
 
-def test_sun_seg_tree_with_both_box_formats(tmp_path, caplog):
+def test_sun_seg_tree_with_both_box_formats(tmp_path):
     _sun_seg(tmp_path)
-    with caplog.at_level(logging.INFO, logger="hagview.data"):
-        index = read_sun_seg(tmp_path)
+    index = read_sun_seg(tmp_path)
     frames = [(f.video, f.frame_index, Path(f.image_path).parent.name, f.clip, [b.box for b in f.boxes])
               for f in index.frames]
     assert frames == [
@@ -331,15 +338,15 @@ def test_sun_seg_tree_with_both_box_formats(tmp_path, caplog):
         ("case2", 1, "case2_1", S2A1, [(6, 6, 60, 40)])]
     assert index.polyp_sizes == {"case1": 6.0, "case2": 18.0}
     assert len(index.samples) == 6 and {s.polyp_id for s in index.samples} == {"case1", "case2"}
+    train_json = tmp_path / "SUN-SEG/TrainDataset/Detection/bbox_annotation.json"
+    seen_json = tmp_path / "SUN-SEG/TestEasyDataset/Seen/Detection/bbox_annotation.json"
     assert [(Path(s.file).name, s.reason) for s in index.skipped] == [
-        (_name(A10, 3), f"no box entry: {_name(A10, 3)[:-4]} is not in "
-                        f"{tmp_path / 'SUN-SEG/TrainDataset/Detection/bbox_annotation.json'}")]
-    said = {r.getMessage().split(": ", 1)[0]: r.getMessage() for r in caplog.records
-            if "boxes read as" in r.getMessage()}
-    assert said[str(tmp_path / "SUN-SEG/TrainDataset/Detection/bbox_annotation.json")].endswith(
-        "boxes read as [x, y, w, h]: 3 of 4 have x2 <= x1 or y2 <= y1 as [x1, y1, x2, y2]")
-    assert said[str(tmp_path / "SUN-SEG/TestEasyDataset/Seen/Detection/bbox_annotation.json")].endswith(
-        "boxes read as [x1, y1, x2, y2]: 2 of 2 reach past the image as [x, y, w, h]")
+        ("bbox_annotation.json", f"image missing: {_name(A2, 9)} (case1_1) is not on disk"),
+        (_name(A10, 3), f"no box entry: {_name(A10, 3)[:-4]} is not in {train_json}")]
+    # the format each file uses is detected and said
+    assert index.warnings == [
+        Skip(str(seen_json), "boxes read as [x1, y1, x2, y2]: 2 of 2 reach past the image as [x, y, w, h]"),
+        Skip(str(train_json), "boxes read as [x, y, w, h]: 4 of 5 have x2 <= x1 or y2 <= y1 as [x1, y1, x2, y2]")]
 
     assert _epoch(index.frames, negative_fraction=0.2) == [
         ("case1", 0), ("case1", 1), ("case1", 2), ("case1", 3), ("case2", 0), ("case2", 1)]

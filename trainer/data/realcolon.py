@@ -19,7 +19,7 @@ from pathlib import Path
 from pipeline.errors import DataError
 from pipeline.progress import Progress
 from .images import jpeg_size
-from .records import (BoxAnnotation, DatasetIndex, FrameRecord, SampleRecord, SkipLog,
+from .records import (BoxAnnotation, DatasetIndex, FrameRecord, SampleRecord, Skip, SkipLog,
                       check_box, finish_index, polyp_sizes)
 
 log = logging.getLogger("hagview.data")
@@ -118,8 +118,10 @@ def read_realcolon(root, *, negatives: bool = True, verify_images: bool = True,
                 if frame is not None:
                     frames.append(frame)
             if files.renamed:
-                log.info("REAL-Colon %s: %d frame file(s) found by frame number under another name "
-                         "than their XML gives (e.g. %s)", video, files.renamed, files.example)
+                note = (f"renamed frames: {files.renamed} frame file(s) of {video} found by frame "
+                        f"number under another name than their XML gives (e.g. {files.example})")
+                index.warnings.append(Skip(str(frames_dir), note))
+                log.info("REAL-Colon %s", note)
             for frame in _drop_duplicate_indices(frames, video, ann_dir, skips):
                 index.frames.append(frame)
                 for ann in frame.boxes:

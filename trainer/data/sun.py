@@ -32,7 +32,7 @@ from typing import NamedTuple
 from pipeline.errors import DataError
 from pipeline.progress import Progress
 from .images import jpeg_size
-from .records import (BoxAnnotation, DatasetIndex, FrameRecord, SampleRecord, SkipLog,
+from .records import (BoxAnnotation, DatasetIndex, FrameRecord, SampleRecord, Skip, SkipLog,
                       check_box, finish_index, polyp_sizes, trailing_int)
 from .tables import join_split_thousands, read_table
 
@@ -105,7 +105,8 @@ def read_sun(root, case_pattern: str = "case*", box_files=None, size_table=None,
     case_dirs = find_case_dirs(root, case_pattern, skips)
     box_paths = _resolve_box_files(root, case_pattern, box_files)
     table_path = resolve_size_table(root, size_table)
-    sizes, bad_sizes = read_size_table(table_path, skips, accept_lower_bound)
+    notes: list[Skip] = []
+    sizes, bad_sizes = read_size_table(table_path, skips, accept_lower_bound, notes)
 
     names = [d.name for d in case_dirs]
     video_of = {d: (d.name if names.count(d.name) == 1 else d.relative_to(root).as_posix())
@@ -133,8 +134,14 @@ def read_sun(root, case_pattern: str = "case*", box_files=None, size_table=None,
     for case_dir in sorted(per_case):
         ordered = sorted(per_case[case_dir], key=sun_frame_key)
         images += [(case_dir, position, p) for position, p in enumerate(ordered)]
+        unlisted = [p for p in ordered if p not in annotated]
+        if unlisted and len(unlisted) < len(ordered):
+            # a case with a box file whose frames are not all in it: read as negatives, said so
+            notes.append(Skip(str(case_dir), f"frames without a box line: {len(unlisted)} of "
+                                             f"{len(ordered)} frames of {case_dir.name} (e.g. "
+                                             f"{unlisted[0].name}) are read as negatives"))
 
-    index = DatasetIndex()
+    index = DatasetIndex(warnings=notes)
     unsized: dict[str, int] = {}
     with Progress(len(images), "frames", "reading SUN", enabled=progress) as bar:
         for case_dir, frame_index, image_path in images:
@@ -178,6 +185,8 @@ def read_sun(root, case_pattern: str = "case*", box_files=None, size_table=None,
     if not index.samples:
         raise DataError(f"{root}: no usable samples (no polyp box of a case with a known size; "
                         f"{len(index.skipped)} skipped)")
+    for note in notes:
+        log.warning("SUN %s: %s: %s", root, note.file, note.reason)
     log.info("SUN %s: %s", root, index.summary())
     return index
 
@@ -287,12 +296,12 @@ def _size_columns(header: list[str]) -> tuple[int, int] | None:
     return None if case_col is None or size_col is None else (case_col, size_col)
 
 
-def read_size_table(path: Path, skips: SkipLog, accept_lower_bound: bool):
+def read_size_table(path: Path, skips: SkipLog, accept_lower_bound: bool, notes: list | None = None):
     """(sizes by polyp id `caseN`, reasons for polyps whose size is unusable) from a size table.
 
     Rows with a cell too many because a frame count's thousands separator was not quoted
     (`1,1,313,Is,6mm,...`) are read with the count joined again; a row whose cells still do not
-    line up with the header is skipped with a reason saying so.
+    line up with the header is skipped with a reason saying so. Repairs are noted in `notes`.
     """
     rows = read_table(path)
     header = rows[0]
@@ -303,9 +312,10 @@ def read_size_table(path: Path, skips: SkipLog, accept_lower_bound: bool):
     case_col, size_col = cols
     count_cols = [i for i, h in enumerate(header) if "frame" in h.lower()]
     rows, joined = join_split_thousands(rows, count_cols)
-    if joined:
-        log.info("%s: %d row(s) had a frame count split at its thousands separator (e.g. line %d); "
-                 "read with the count joined", path, len(joined), joined[0])
+    if joined and notes is not None:
+        notes.append(Skip(str(path), f"split thousands: {len(joined)} row(s) had a frame count split "
+                                     f"at its unquoted thousands separator (line {', '.join(map(str, joined))}); "
+                                     f"read with the count joined"))
 
     def rows_with_ids():
         for line_no, row in enumerate(rows[1:], start=2):

@@ -5,7 +5,8 @@ The JSON holds `images` (`id`, `width`, `height`, `case_name`, `file_name` witho
 `annotation` (or COCO's `annotations`) entries (`id` or `image_id`, `bbox`). Its box format was
 first documented as `[min_x, min_y, max_x, max_y]` and later as `[min_x, min_y, width, height]`,
 with the same example: the reader detects which one a file uses (boxes that cannot be corners, or
-that cannot be sizes inside the image) and logs it; `box_format=` forces one.
+that cannot be sizes inside the image) and says so in `DatasetIndex.warnings` and the log;
+`box_format=` forces one.
 
 A clip folder `caseN_M` is part of SUN case N, one polyp and one video (so its clips never
 cross folds); frames are ordered and indexed across the case as in `sun.read_sun`, and
@@ -23,7 +24,7 @@ from pathlib import Path
 from pipeline.errors import DataError
 from pipeline.progress import Progress
 from .images import jpeg_size
-from .records import (BoxAnnotation, DatasetIndex, FrameRecord, SampleRecord, SkipLog,
+from .records import (BoxAnnotation, DatasetIndex, FrameRecord, SampleRecord, Skip, SkipLog,
                       check_box, finish_index)
 from .sun import (IMAGE_SUFFIXES, SEARCH_DEPTH, polyp_id, read_size_table, resolve_size_table,
                   sun_frame_name, walk_limited)
@@ -87,15 +88,17 @@ def read_sun_seg(root, case_pattern: str = "case*", size_table=None, *, box_form
         raise DataError(f"{root}: no Frame/{case_pattern} clip folders within {SEARCH_DEPTH} folder "
                         f"levels below it (is this a SUN-SEG tree?)")
     table_path = resolve_size_table(root, size_table)
-    sizes, bad_sizes = read_size_table(table_path, skips, accept_lower_bound)
+    notes: list[Skip] = []
+    sizes, bad_sizes = read_size_table(table_path, skips, accept_lower_bound, notes)
 
     box_files: dict[Path, dict | None] = {}
+    clips_of: dict[Path, set[str]] = {}         # box file -> the clip folders read with it
     per_case: dict[str, list[tuple[Path, dict | None, Path | None]]] = {}
     for frame_dir, clip_dir in clips:
         box_path = next((p / BOX_FILE for p in (frame_dir.parent, frame_dir.parent.parent)
                          if (p / BOX_FILE).is_file()), None)
         if box_path is not None and box_path not in box_files:
-            box_files[box_path] = _read_box_file(box_path, box_format, skips)
+            box_files[box_path] = _read_box_file(box_path, box_format, skips, notes)
         entries = box_files.get(box_path) if box_path is not None else None
         images = sorted(p for p in clip_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if box_path is None:
@@ -106,8 +109,10 @@ def read_sun_seg(root, case_pattern: str = "case*", size_table=None, *, box_form
             continue            # unreadable JSON: reported once with its file
         case = polyp_id(clip_dir.name)
         per_case.setdefault(case, []).extend((p, entries, box_path) for p in images)
+        clips_of.setdefault(box_path, set()).add(clip_dir.name)
+    _report_missing_images(box_files, clips_of, per_case, skips)
 
-    index = DatasetIndex()
+    index = DatasetIndex(warnings=notes)
     unsized: dict[str, int] = {}
     total = sum(len(v) for v in per_case.values())
     with Progress(total, "frames", "reading SUN-SEG", enabled=progress) as bar:
@@ -137,6 +142,15 @@ def read_sun_seg(root, case_pattern: str = "case*", size_table=None, *, box_form
     return index
 
 
+def _report_missing_images(box_files: dict, clips_of: dict, per_case: dict, skips: SkipLog) -> None:
+    """Entries of a box file, for the clip folders read with it, whose image is not on disk."""
+    on_disk = {(box_path, p.stem) for items in per_case.values() for p, _, box_path in items}
+    for box_path, entries in box_files.items():
+        for stem, (_, _, case_name) in sorted((entries or {}).items()):
+            if case_name in clips_of.get(box_path, ()) and (box_path, stem) not in on_disk:
+                skips.add(box_path, f"image missing: {stem}.jpg ({case_name}) is not on disk")
+
+
 def _unique_frames(items: list, skips: SkipLog) -> list:
     """A case's frames in SUN order; a frame file found twice (two copies of a clip folder)
     is reported and kept once, so frame indices stay unique."""
@@ -155,7 +169,7 @@ def _frame(image_path: Path, case: str, frame_index: int, entry, box_path: Path,
     if entry is None:
         skips.add(image_path, f"no box entry: {image_path.stem} is not in {box_path}")
         return None
-    image_size, raw_boxes = entry
+    image_size, raw_boxes, _ = entry
     if raw_boxes is None:
         return None             # a broken box entry, already reported
     if not raw_boxes and not negatives:
@@ -181,9 +195,10 @@ def _frame(image_path: Path, case: str, frame_index: int, entry, box_path: Path,
                        clip=sun_frame_name(image_path.name).clip)
 
 
-def _read_box_file(path: Path, box_format: str, skips: SkipLog) -> dict | None:
-    """{file stem: ((width, height) or None, [xyxy boxes])} from a bbox_annotation.json, or None
-    (reported) when the file cannot be used."""
+def _read_box_file(path: Path, box_format: str, skips: SkipLog, notes: list) -> dict | None:
+    """{file stem: ((width, height) or None, [xyxy boxes] or None when broken, case_name)} from a
+    bbox_annotation.json, or None (reported) when the file cannot be used. The box format it
+    detects is noted in `notes` and logged."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -194,7 +209,7 @@ def _read_box_file(path: Path, box_format: str, skips: SkipLog) -> dict | None:
     if not isinstance(images, list) or not isinstance(annotations, list):
         skips.add(path, "unreadable box file: no 'images' and 'annotation' lists")
         return None
-    by_id: dict[str, tuple[str, tuple[int, int] | None]] = {}
+    by_id: dict[str, tuple[str, tuple[int, int] | None, str]] = {}
     for n, img in enumerate(images, start=1):
         name = img.get("file_name") if isinstance(img, dict) else None
         if not isinstance(name, str) or "id" not in img:
@@ -205,7 +220,8 @@ def _read_box_file(path: Path, box_format: str, skips: SkipLog) -> dict | None:
             size = (int(img["width"]), int(img["height"]))
         except (KeyError, TypeError, ValueError):
             size = None
-        by_id[str(img["id"])] = (stem, size if size and size[0] > 0 and size[1] > 0 else None)
+        by_id[str(img["id"])] = (stem, size if size and size[0] > 0 and size[1] > 0 else None,
+                                 str(img.get("case_name", "")))
 
     raw: dict[str, list[list[float]]] = {}
     for n, ann in enumerate(annotations, start=1):
@@ -231,14 +247,15 @@ def _read_box_file(path: Path, box_format: str, skips: SkipLog) -> dict | None:
             fmt, why = detect_box_format(boxes)
         except ValueError as exc:
             raise DataError(f"{path}: {exc}") from None
+        notes.append(Skip(str(path), why))
         log.info("%s: %s", path, why)
     entries: dict = {}
-    for key, (stem, size) in by_id.items():
+    for key, (stem, size, case_name) in by_id.items():
         bs = raw.get(key, [])
         if any(b is None for b in bs):
-            entries[stem] = (size, None)    # reported above; neither usable nor a negative
+            entries[stem] = (size, None, case_name)    # reported above; neither usable nor a negative
             continue
         if fmt == "xywh":
             bs = [[x, y, x + w, y + h] for x, y, w, h in bs]
-        entries[stem] = (size, [tuple(b) for b in bs])
+        entries[stem] = (size, [tuple(b) for b in bs], case_name)
     return entries
