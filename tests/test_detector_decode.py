@@ -9,7 +9,6 @@ from pipeline.detecting import (boxes_to_xyxy, decode_centernet, fast_nms, heatm
                                 max_pool_same)
 from pipeline.prep import LetterboxInfo, letterbox
 from trainer.data.detection import centernet_targets, gaussian_radius
-from trainer.tasks.detector import decode_centernet_torch, heatmap_peaks_torch
 
 BACKGROUND = -10.0
 
@@ -42,10 +41,6 @@ def test_peaks_keep_local_maxima_only_and_sort_by_value():
     assert (ys[0, 1], xs[0, 1]) == (6, 6)
     # the third best position is background or suppressed, never the 1.5 neighbour
     assert values[0, 2] < 1.5
-    t_values, t_ys, t_xs = heatmap_peaks_torch(torch.from_numpy(heat), k=2)
-    np.testing.assert_array_equal(t_values.numpy(), values[:, :2])
-    np.testing.assert_array_equal(t_ys.numpy(), ys[:, :2])
-    np.testing.assert_array_equal(t_xs.numpy(), xs[:, :2])
 
 
 def test_decode_gives_exact_boxes_from_peaks_sizes_and_offsets():
@@ -90,18 +85,12 @@ def test_letterbox_undo_maps_input_boxes_back_to_the_frame():
     np.testing.assert_allclose(info.to_input(out[:1]), boxes[:1])
 
 
-def test_torch_decoding_matches_numpy():
-    rng = np.random.default_rng(3)
-    heat = rng.normal(-3, 2, size=(2, 1, 12, 12)).astype(np.float32)
-    wh = rng.uniform(0, 5, size=(2, 2, 12, 12)).astype(np.float32)
-    offset = rng.uniform(0, 1, size=(2, 2, 12, 12)).astype(np.float32)
-    expected = decode_centernet(heat, wh, offset, 8, score_threshold=0.2, max_detections=6)
-    got = decode_centernet_torch(torch.from_numpy(heat), torch.from_numpy(wh), torch.from_numpy(offset),
-                                 8, score_threshold=0.2, max_detections=6)
-    for (eb, es), (gb, gs) in zip(expected, got):
-        assert len(es) > 0
-        np.testing.assert_allclose(gb, eb, atol=1e-4)
-        np.testing.assert_allclose(gs, es, rtol=1e-6)
+def test_training_evaluates_with_the_pipelines_decoder():
+    """One decoder: the trainer's validation decodes with the function serving uses."""
+    import trainer.tasks.detector as task
+
+    assert task.decode_centernet is decode_centernet
+    assert not hasattr(task, "decode_centernet_torch") and not hasattr(task, "heatmap_peaks_torch")
 
 
 def test_box_formats():

@@ -29,7 +29,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,6 +43,7 @@ from ..data.splits import load_split_file, make_kfold_splits
 from ..data.tables import read_table
 from ..detection_metrics import FrameDetections, detection_metrics
 from pipeline.errors import ConfigError, DataError, HagviewError
+from pipeline.detecting import decode_centernet
 from pipeline.prep import DetectorInputSpec
 from .base import Task
 
@@ -122,38 +122,6 @@ def weighted_giou_loss(wh: torch.Tensor, offset: torch.Tensor, wh_target: torch.
             * (torch.maximum(py + ph / 2, ty + th / 2) - torch.minimum(py - ph / 2, ty - th / 2)))
     giou = inter / union.clamp(min=1e-6) - (hull - union) / hull.clamp(min=1e-6)
     return ((1.0 - giou) * w).sum() / w.sum()
-
-
-def heatmap_peaks_torch(heatmap, k: int, kernel: int = 3):
-    """The k highest 3x3 local maxima of (N,1,H,W) logits: max_pool2d + topk, on any device.
-
-    Torch twin of `pipeline.detecting.heatmap_peaks` (the pipeline decodes on numpy; training
-    decodes here, where the outputs are, and the trainer may not import the pipeline).
-    """
-    if heatmap.dim() == 3:
-        heatmap = heatmap.unsqueeze(1)
-    n, _, h, w = heatmap.shape
-    pooled = F.max_pool2d(heatmap, kernel, stride=1, padding=kernel // 2)
-    masked = torch.where(heatmap == pooled, heatmap, torch.full_like(heatmap, float("-inf")))
-    values, index = masked.reshape(n, h * w).topk(min(k, h * w), dim=1)
-    return values, index // w, index % w
-
-
-def decode_centernet_torch(heatmap, wh, offset, stride: int, score_threshold: float = 0.3,
-                           max_detections: int = 10) -> list[tuple[np.ndarray, np.ndarray]]:
-    """`pipeline.detecting.decode_centernet` on torch tensors (heatmap logits), decoded where
-    they are (GPU or CPU) so only k boxes per image leave the device; returns numpy per image
-    (boxes (M,4) in input pixels, scores (M,))."""
-    values, ys, xs = heatmap_peaks_torch(heatmap.float(), max_detections)
-    index = (ys * heatmap.shape[-1] + xs).unsqueeze(1).expand(-1, 2, -1)     # (N,2,k)
-    size = wh.float().flatten(2).gather(2, index).clamp(min=0.0) * stride
-    centre = (torch.stack([xs, ys], dim=1).float() + offset.float().flatten(2).gather(2, index)) * stride
-    boxes = torch.cat([centre - size / 2, centre + size / 2], dim=1).transpose(1, 2)   # (N,k,4)
-    scores = torch.sigmoid(values)
-    keep = torch.isfinite(values) & (scores >= score_threshold)
-    boxes, scores, keep = boxes.cpu().numpy(), scores.cpu().numpy(), keep.cpu().numpy()
-    return [(boxes[i][keep[i]].astype(np.float32), scores[i][keep[i]].astype(np.float32))
-            for i in range(boxes.shape[0])]
 
 
 def _video_fps(root: str | None) -> dict[str, float]:
@@ -386,9 +354,10 @@ class DetectorTask(Task):
         frames: list[FrameDetections] = []
         for inputs, targets in loader:
             outputs = model({k: v.to(device) for k, v in inputs.items()})
-            decoded = decode_centernet_torch(outputs["heatmap"], outputs["wh"], outputs["offset"],
-                                             self.stride, score_threshold=o.eval_score_floor,
-                                             max_detections=o.max_detections)
+            # The pipeline's own decoder, so validation scores exactly what serving decodes.
+            heads = [outputs[name].detach().float().cpu().numpy() for name in ("heatmap", "wh", "offset")]
+            decoded = decode_centernet(*heads, self.stride, score_threshold=o.eval_score_floor,
+                                       max_detections=o.max_detections)
             counts = targets["num_boxes"].tolist()
             for i, (boxes, scores) in enumerate(decoded):
                 n = counts[i]
