@@ -43,9 +43,9 @@ class SourceConfig:
     capture_backend: str = choices("pyav", CAPTURE_BACKENDS)
     open_timeout_s: float = 5.0           # device/stream: give up opening after this long
     read_timeout_s: float = 2.0           # device/stream: a read waiting longer counts as lost signal
-    no_signal_after_s: float = 2.0        # report "no signal" once no frame came for this long
+    no_signal_after_s: float = 1.0        # report "no signal" once no frame came for this long
     reconnect_initial_s: float = 0.5      # first reconnect back-off, doubled per failure ...
-    reconnect_max_s: float = 8.0          # ... up to this
+    reconnect_max_s: float = 2.0          # ... up to this (a source back is found within this)
     rtsp_transport: str = choices("tcp", RTSP_TRANSPORTS)
     threaded_decoding: bool = True        # files in offline annotation: frame-threaded decoding
     demo_preset: str = "demo"             # `demo` source: trainer.synth preset

@@ -6,13 +6,14 @@ import http.server
 import socketserver
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from _pipeline_media import decode_images, write_clip, write_pyav
 from pipeline.sources import FileSource, open_source, source_kind
-from pipeline.sources.base import ReconnectingSource, SourceStatus
+from pipeline.sources.base import ReconnectingSource, SourceAbsent, SourceStatus, VideoSource
 from pipeline.sources.network import open_network, redact, stream_options
 from pipeline.errors import SourceError
 
@@ -92,7 +93,7 @@ def test_open_source_dispatch(tmp_path):
     with pytest.raises(SourceError, match="no such file"):
         open_source(str(tmp_path / "missing.mp4"))
     with pytest.raises(SourceError, match="no such capture device"):
-        open_source("/dev/video99")
+        open_source("/dev/video99", live=False)      # offline work fails; the viewer waits (below)
     not_a_device = tmp_path / "video0"
     not_a_device.write_bytes(b"\0" * 64)
     from pipeline.sources.capture import open_capture
@@ -312,3 +313,148 @@ def test_udp_stream_on_loopback_survives_a_pause_in_the_sender(tmp_path):
     assert len(frames) < 300 and [f.index for f in frames] == list(range(len(frames)))
     assert all(b.pts > a.pts for a, b in zip(frames, frames[1:]))
     assert frames[0].image.shape == (48, 64, 3) and source.counters["reconnects"] >= 1
+
+
+# --- capture devices through the spec-string route -------------------------------------------------
+class FileBackedDevice(VideoSource):
+    """Stands in for `capture.PyAVCapture` (same constructor): plays a real H.264 file paced at its
+    frame rate, looping as a camera never ends, behind the device interface. `nodes` maps a device
+    path to a node file: absent node = device absent (SourceAbsent at open); a node removed while
+    playing = the cable pulled (the next read fails, as V4L2's ENODEV does)."""
+
+    is_live = True
+    nodes: dict[str, Path] = {}
+    requests: list[tuple] = []
+
+    def __init__(self, device: str, *, width: int, height: int, fps: float, pixel_format: str,
+                 open_timeout_s: float, read_timeout_s: float) -> None:
+        super().__init__()
+        self.name = device
+        self._node = self.nodes.get(device)
+        if self._node is None or not self._node.exists():
+            raise SourceAbsent(f"{device}: no such capture device")
+        if pixel_format not in ("mjpeg", "yuyv422"):
+            raise SourceError(f"{device}: cannot open capture device (Invalid argument)")
+        self.requests.append((device, width, height, fps, pixel_format))
+        self._file = FileSource(self._node.resolve(), threaded=False)
+        self._stop = threading.Event()
+        self._start = time.monotonic()
+        self._index = 0
+
+    @property
+    def fps(self):
+        return self._file.fps
+
+    @property
+    def size(self):
+        return self._file.size
+
+    def read(self):
+        if not self._node.exists():
+            raise SourceError(f"{self.name}: read failed (No such device)")
+        frame = self._file.read()
+        if frame is None:
+            self._file.seek(0.0)
+            frame = self._file.read()
+        frame.index, frame.pts = self._index, self._index / self.fps
+        self._index += 1
+        if self._stop.wait(max(0.0, self._start + frame.pts - time.monotonic())):
+            return None
+        return frame
+
+    def interrupt(self):
+        self._stop.set()
+
+    def close(self):
+        self._file.close()
+
+
+@pytest.fixture
+def fake_device(tmp_path, monkeypatch):
+    """("/dev/video7", plug(), unplug()): the device opener replaced by FileBackedDevice."""
+    from pipeline.sources import capture
+
+    clip = tmp_path / "camera.mp4"
+    write_clip(clip, n=20, width=96, height=64, fps=25)
+    node = tmp_path / "video7"
+    monkeypatch.setattr(capture, "PyAVCapture", FileBackedDevice)
+    monkeypatch.setattr(FileBackedDevice, "nodes", {"/dev/video7": node})
+    monkeypatch.setattr(FileBackedDevice, "requests", [])
+    return "/dev/video7", lambda: node.symlink_to(clip), node.unlink
+
+
+def _device_pipeline(spec, tmp_path, states, frames):
+    from pipeline.config import load_run_config
+    from pipeline.runtime import LivePipeline
+
+    config = load_run_config(None, {"source.width": 96, "source.height": 64, "source.fps": 25})
+    return LivePipeline(spec, config, boxes=tmp_path / "camera.gt.json",
+                        on_state=lambda s: states.append((time.monotonic(), s)),
+                        on_result=lambda r: frames.append((time.monotonic(), r.frame.index)))
+
+
+def _wait(condition, what, timeout=20.0):
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_capture_device_plays_through_the_pipeline_and_survives_unplug_and_replug(fake_device, tmp_path):
+    spec, plug, unplug = fake_device
+    plug()
+    states, frames = [], []
+    pipe = _device_pipeline(spec, tmp_path, states, frames)
+    try:
+        pipe.start()
+        _wait(lambda: len(frames) >= 10, "frames")
+        assert FileBackedDevice.requests[0] == ("/dev/video7", 96, 64, 25.0, "mjpeg")   # the config reached it
+        unplugged = time.monotonic()
+        unplug()
+        _wait(lambda: any(t >= unplugged and s.message == "waiting for /dev/video7" for t, s in states), "waiting")
+        lost = next(t for t, s in states if t >= unplugged and s.state == "no signal")
+        assert lost - unplugged <= 2.0
+        time.sleep(0.6)                       # the program keeps running, waiting for the device
+        assert pipe.error is None and pipe.state == SourceStatus("no signal", "waiting for /dev/video7")
+        replugged = time.monotonic()
+        plug()
+        _wait(lambda: len([f for f in frames if f[0] >= replugged]) >= 10, "frames after the replug")
+    finally:
+        pipe.stop()
+    # The device is looked for every reconnect_initial_s (0.5 s) while absent; it then opens at once.
+    first_after = next(t for t, _ in frames if t >= replugged)
+    assert first_after - replugged <= 0.5 + 5.0, "found by the next look (0.5 s) plus its opening"
+    names = [s.state for t, s in states if t >= unplugged]
+    assert names[0] == "no signal" and names[-1] == "playing", names
+    assert [i for _, i in frames] == list(range(len(frames)))
+    assert pipe.source.counters["reconnects"] == 1
+
+
+def test_absent_device_is_waited_for_then_connected(fake_device, tmp_path):
+    spec, plug, _ = fake_device
+    states, frames = [], []
+    # The state is reported from inside the constructor (this raised AttributeError before the
+    # pipeline built its control state before opening the source).
+    pipe = _device_pipeline(spec, tmp_path, states, frames)
+    try:
+        assert pipe.state == SourceStatus("no signal", "waiting for /dev/video7")
+        pipe.start()
+        time.sleep(1.2)       # past no_signal_after_s: still the same, nothing else reported
+        assert not frames and [s for _, s in states] == [SourceStatus("no signal", "waiting for /dev/video7")]
+        plug()
+        _wait(lambda: len(frames) >= 5, "frames once the device appears")
+    finally:
+        pipe.stop()
+    assert pipe.error is None and states[-1][1].state == "playing"
+    assert [i for _, i in frames] == list(range(len(frames)))
+
+
+def test_annotate_fails_in_one_line_for_a_missing_file_or_a_device(tmp_path, capsys):
+    from pipeline.annotate import main as annotate
+    from pipeline.cli_util import EXIT_FAILURE
+
+    for spec, message in ((str(tmp_path / "missing.mp4"), "no such file"),
+                          ("/dev/video99", "reads files (live sources: use hagview --source)")):
+        assert annotate([spec, "--out", str(tmp_path / "out"), "--boxes", "ground-truth", "--quiet"]) == EXIT_FAILURE
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and spec in err[0], err

@@ -2,7 +2,8 @@
 
 `open_source(spec, config)` picks the kind from the spec: "demo"; "/dev/videoN", "N" or
 "v4l2:..." (capture device); "rtsp://", "udp://", "srt://", "http(s)://", ... (network
-stream); anything else is a file path. Live kinds come back wrapped in `ReconnectingSource`.
+stream); anything else is a file path. Live kinds come back wrapped in `ReconnectingSource`;
+with `live=True` (the viewer) an absent capture device is waited for instead of failing.
 """
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ from urllib.parse import urlsplit
 
 from pipeline.errors import SourceError
 
-from .base import ReconnectingSource, SourceStatus, StateCallback, VideoSource
+from .base import ReconnectingSource, SourceAbsent, SourceStatus, StateCallback, VideoSource
 from .capture import is_capture_spec, open_capture
 from .file import FileSource
 from .network import NETWORK_SCHEMES, open_network
 
 __all__ = ["open_source", "source_kind", "VideoSource", "FileSource", "ReconnectingSource",
-           "SourceStatus", "SourceError"]
+           "SourceStatus", "SourceError", "SourceAbsent"]
 
 
 def source_kind(spec: str) -> str:
@@ -37,8 +38,9 @@ def source_kind(spec: str) -> str:
 def open_source(spec: str, config=None, *, live: bool = True, on_state: StateCallback | None = None) -> VideoSource:
     """Open a source from its spec; `config` is a `pipeline.config.SourceConfig` (defaults if None).
 
-    `live=False` is offline work: files decode with frame threads and the demo is not paced.
-    Raises SourceError (one line, naming the source) when it cannot be opened.
+    `live=False` is offline work: files decode with frame threads, the demo is not paced, and
+    an absent capture device is an error. Raises SourceError (one line, naming the source)
+    when it cannot be opened.
     """
     if config is None:
         from ..config import SourceConfig
@@ -54,7 +56,7 @@ def open_source(spec: str, config=None, *, live: bool = True, on_state: StateCal
                             backend=config.capture_backend, open_timeout_s=config.open_timeout_s,
                             read_timeout_s=config.read_timeout_s, no_signal_after_s=config.no_signal_after_s,
                             backoff_initial_s=config.reconnect_initial_s, backoff_max_s=config.reconnect_max_s,
-                            on_state=on_state)
+                            on_state=on_state, wait_for_device=live)
     if kind == "network":
         return open_network(spec, open_timeout_s=config.open_timeout_s, read_timeout_s=config.read_timeout_s,
                             rtsp_transport=config.rtsp_transport, no_signal_after_s=config.no_signal_after_s,

@@ -38,6 +38,10 @@ class SourceStatus:
 StateCallback = Callable[[SourceStatus], None]
 
 
+class SourceAbsent(SourceError):
+    """The device is not there at all (no /dev/videoN): a live viewer waits for it to appear."""
+
+
 class VideoSource(ABC):
     """One video input. `read()` returns the next frame, or None when the source has ended."""
 
@@ -101,18 +105,21 @@ class ReconnectingSource(VideoSource):
 
     `opener()` returns a freshly opened source (or raises). When a read fails, times out or the
     stream ends, the inner source is closed and the opener is retried with exponential back-off
-    (`backoff_initial_s` doubling up to `backoff_max_s`). "no signal" is reported when a read
-    times out (the inner source waited its read time-out, 2 s by default) or once
-    `no_signal_after_s` have passed without a frame; every attempt reports "reconnecting", and
-    the first frame after a successful reopen reports "playing". Frame indices and pts continue
-    from where they stopped, so downstream stages see one uninterrupted stream.
+    (`backoff_initial_s` doubling up to `backoff_max_s`). "no signal" is reported once
+    `no_signal_after_s` have passed without a frame, by a watchdog thread, so it comes on time
+    even while a read or an open blocks (up to their own, longer, time-outs), or at once when a
+    read times out; every attempt reports "reconnecting", and the first frame after a
+    successful reopen reports "playing". A device that is absent (`SourceAbsent`) is "no signal:
+    waiting for <name>" and is looked for again every `backoff_initial_s`, without growing
+    back-off (looking costs nothing, and the tower is switched on in any order). Frame indices
+    and pts continue from where they stopped, so downstream stages see one uninterrupted stream.
     """
 
     is_live = True
 
     def __init__(self, opener: Callable[[], VideoSource], name: str, *,
-                 no_signal_after_s: float = 2.0, backoff_initial_s: float = 0.5,
-                 backoff_max_s: float = 8.0, max_attempts: int | None = None,
+                 no_signal_after_s: float = 1.0, backoff_initial_s: float = 0.5,
+                 backoff_max_s: float = 2.0, max_attempts: int | None = None,
                  on_state: StateCallback | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
@@ -133,16 +140,22 @@ class ReconnectingSource(VideoSource):
         self._last_pts = -1.0
         self._last_frame_time = clock()
         self._signal_lost_reported = False
+        self._absent = False
         self._state = ""
+        # The watchdog and the reading thread both report; one lock keeps the last report the
+        # true one (a "no signal" decided just before a frame arrived cannot land after its "playing").
+        self._state_lock = threading.RLock()
+        self._watchdog: threading.Thread | None = None
         self.counters.update({"reconnects": 0, "open_failures": 0})
 
     # --- state -------------------------------------------------------------------------
     def _report(self, state: str, message: str = "") -> None:
-        self._state = state
-        if state != "playing":
-            log.info("%s: %s%s", self.name, state, f" ({message})" if message else "")
-        if self.on_state is not None:
-            self.on_state(SourceStatus(state, message))
+        with self._state_lock:
+            self._state = state
+            if state != "playing":
+                log.info("%s: %s%s", self.name, state, f" ({message})" if message else "")
+            if self.on_state is not None:
+                self.on_state(SourceStatus(state, message))
 
     @property
     def state(self) -> str:
@@ -157,11 +170,23 @@ class ReconnectingSource(VideoSource):
     def size(self) -> tuple[int, int] | None:
         return self._inner.size if self._inner is not None else None
 
-    def open(self) -> None:
-        """Open now (first connection); raises SourceError if the very first open fails."""
-        self._inner = self._opener()
+    def open(self, wait_if_absent: bool = False) -> None:
+        """Open now (first connection); raises SourceError if the very first open fails, except
+        that with `wait_if_absent` an absent device is reported as "no signal: waiting for ..."
+        and `read()` keeps looking for it."""
+        try:
+            self._inner = self._opener()
+        except SourceAbsent:
+            if not wait_if_absent:
+                raise
+            self.counters["open_failures"] += 1
+            self._last_frame_time = self._clock()
+            self._enter_absent()
+            self._start_watchdog()
+            return
         self._last_frame_time = self._clock()
         self._report("playing")
+        self._start_watchdog()
 
     def interrupt(self) -> None:
         self._stop.set()
@@ -175,6 +200,7 @@ class ReconnectingSource(VideoSource):
             self._inner = None
 
     def read(self) -> Frame | None:
+        self._start_watchdog()
         attempts = 0
         backoff = self.backoff_initial_s
         while not self._stop.is_set():
@@ -184,11 +210,20 @@ class ReconnectingSource(VideoSource):
                 if self.max_attempts is not None and attempts > self.max_attempts:
                     self._report("error", f"gave up after {self.max_attempts} reconnect attempts")
                     raise SourceError(f"{self.name}: gave up after {self.max_attempts} reconnect attempts")
-                self._report("reconnecting", f"attempt {attempts}")
+                if not self._absent:     # while a device is absent the state stays "waiting for"
+                    self._report("reconnecting", f"attempt {attempts}")
                 try:
                     self._inner = self._opener()
                     self.counters["reconnects"] += 1
+                    self._absent = False
+                except SourceAbsent:
+                    self.counters["open_failures"] += 1
+                    if not self._absent:
+                        self._enter_absent()
+                    self._stop.wait(self.backoff_initial_s)
+                    continue
                 except SourceError as exc:
+                    self._absent = False
                     self.counters["open_failures"] += 1
                     self._check_no_signal(str(exc))
                     self._stop.wait(backoff)
@@ -210,6 +245,29 @@ class ReconnectingSource(VideoSource):
         return None
 
     # --- helpers -----------------------------------------------------------------------
+    def _enter_absent(self) -> None:
+        with self._state_lock:
+            self._absent = self._signal_lost_reported = True
+            self._report("no signal", f"waiting for {self.name}")
+
+    def _start_watchdog(self) -> None:
+        if self._watchdog is None and not self._stop.is_set():
+            self._watchdog = threading.Thread(target=self._watch, name=f"no-signal {self.name}", daemon=True)
+            self._watchdog.start()
+
+    def _watch(self) -> None:
+        """Report "no signal" `no_signal_after_s` after the last frame, whatever the reader is
+        blocked in (a read or an open waits up to its own, longer, time-out)."""
+        while True:
+            wait = self._last_frame_time + self.no_signal_after_s - self._clock()
+            if wait > 0:
+                if self._stop.wait(wait):
+                    return
+                continue
+            self._check_no_signal(f"no frames for {self.no_signal_after_s:g} s")
+            if self._stop.wait(self.no_signal_after_s):
+                return
+
     def _drop_inner(self, reason: str, signal_lost: bool = False) -> None:
         log.warning("%s: lost the stream (%s)", self.name, reason)
         try:
@@ -222,11 +280,12 @@ class ReconnectingSource(VideoSource):
         self._check_no_signal(reason, now=signal_lost)
 
     def _check_no_signal(self, reason: str, now: bool = False) -> None:
-        if self._signal_lost_reported:
-            return
-        if now or self._clock() - self._last_frame_time >= self.no_signal_after_s:
-            self._signal_lost_reported = True
-            self._report("no signal", reason)
+        with self._state_lock:
+            if self._signal_lost_reported:
+                return
+            if now or self._clock() - self._last_frame_time >= self.no_signal_after_s:
+                self._signal_lost_reported = True
+                self._report("no signal", reason)
 
     _pts_base: float | None = None
     _fps: float | None = None
@@ -241,8 +300,9 @@ class ReconnectingSource(VideoSource):
         self._last_frame_time = self._clock()
         self.counters["frames"] += 1
         if self._state != "playing":
-            self._signal_lost_reported = False
-            self._report("playing")
+            with self._state_lock:
+                self._signal_lost_reported = False
+                self._report("playing")
         return frame
 
 

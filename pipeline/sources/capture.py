@@ -25,7 +25,7 @@ import numpy as np
 from pipeline.errors import SourceError
 
 from ..types import Frame
-from .base import ReconnectingSource, StateCallback, VideoSource
+from .base import ReconnectingSource, SourceAbsent, StateCallback, VideoSource
 from .live_av import LiveAVSource
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class PyAVCapture(LiveAVSource):
     def __init__(self, device: str, *, width: int = 1920, height: int = 1080, fps: float = 30.0,
                  pixel_format: str = "mjpeg", open_timeout_s: float = 5.0, read_timeout_s: float = 2.0) -> None:
         if not Path(device).exists():
-            raise SourceError(f"{device}: no such capture device")
+            raise SourceAbsent(f"{device}: no such capture device")
         options = {}
         if width and height:
             options["video_size"] = f"{width}x{height}"
@@ -81,7 +81,7 @@ class OpenCVCapture(VideoSource):
         self._cv2 = cv2
         self.name = device
         if not Path(device).exists():
-            raise SourceError(f"{device}: no such capture device")
+            raise SourceAbsent(f"{device}: no such capture device")
         cap = cv2.VideoCapture(device, cv2.CAP_V4L2)
         if not cap.isOpened():
             raise SourceError(f"{device}: OpenCV cannot open the capture device")
@@ -132,10 +132,16 @@ class OpenCVCapture(VideoSource):
 def open_capture(spec: str | int, *, width: int = 1920, height: int = 1080, fps: float = 30.0,
                  pixel_format: str = "mjpeg", buffers: int = 2, backend: str = "pyav",
                  open_timeout_s: float = 5.0, read_timeout_s: float = 2.0,
-                 no_signal_after_s: float = 2.0, backoff_initial_s: float = 0.5,
-                 backoff_max_s: float = 8.0, on_state: StateCallback | None = None,
-                 connect_now: bool = True) -> ReconnectingSource:
-    """A capture device that reconnects by itself after the signal is lost."""
+                 no_signal_after_s: float = 1.0, backoff_initial_s: float = 0.5,
+                 backoff_max_s: float = 2.0, on_state: StateCallback | None = None,
+                 connect_now: bool = True, wait_for_device: bool = False) -> ReconnectingSource:
+    """A capture device that reconnects by itself after the signal is lost.
+
+    The first open happens now (`connect_now`): a device that is there but cannot be opened
+    fails here with SourceError. An absent device fails too, unless `wait_for_device` (the
+    viewer): then the source reports "no signal: waiting for /dev/videoN" and connects when the
+    device appears.
+    """
     device = device_path(spec[5:] if isinstance(spec, str) and spec.startswith("v4l2:") else spec)
     if backend not in ("pyav", "opencv"):
         raise SourceError(f"{device}: unknown capture backend {backend!r} (pyav or opencv)")
@@ -151,5 +157,5 @@ def open_capture(spec: str | int, *, width: int = 1920, height: int = 1080, fps:
                                 backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s,
                                 on_state=on_state)
     if connect_now:
-        source.open()
+        source.open(wait_if_absent=wait_for_device)
     return source

@@ -41,6 +41,7 @@ class LiveAVSource(VideoSource):
             raise SourceError(f"{name}: {what} has no video stream")
         self._stream = self._container.streams.video[0]
         self._stream.codec_context.thread_type = "SLICE"
+        self._read_timeout_s = read_timeout_s
         self._packets = self._container.demux(self._stream)
         self._pending: list[av.VideoFrame] = []
         self._start = time.perf_counter()
@@ -60,8 +61,13 @@ class LiveAVSource(VideoSource):
         while not self._pending:
             if self._closed or self._interrupted.is_set() or self._ended:
                 return None
+            asked = time.perf_counter()
             try:
                 packet = next(self._packets)
+                if time.perf_counter() - asked >= self._read_timeout_s:
+                    # Only a read that ran into the time-out blocks this long; what comes out then is
+                    # what the demuxer still held (MPEG-TS flushes its last packet), seconds old.
+                    raise SourceError(f"{self.name}: no data for {self._read_timeout_s:g} s")
             except StopIteration:
                 packet = None     # the sender finished: flush the frames the decoder holds
                 self._ended = True

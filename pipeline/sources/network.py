@@ -59,8 +59,8 @@ class NetworkSource(LiveAVSource):
 
 
 def open_network(url: str, *, open_timeout_s: float = 5.0, read_timeout_s: float = 2.0,
-                 rtsp_transport: str = "tcp", no_signal_after_s: float = 2.0,
-                 backoff_initial_s: float = 0.5, backoff_max_s: float = 8.0,
+                 rtsp_transport: str = "tcp", no_signal_after_s: float = 1.0,
+                 backoff_initial_s: float = 0.5, backoff_max_s: float = 2.0,
                  on_state: StateCallback | None = None, connect_now: bool = True) -> ReconnectingSource:
     """A stream that reconnects by itself. The first connection is made at once (a wrong URL
     fails here with SourceError) unless `connect_now` is False."""
