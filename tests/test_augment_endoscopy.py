@@ -109,3 +109,17 @@ def test_white_balance_keeps_black_black_and_green_fixed():
     assert out[0, 0].tolist() == [0, 0, 0]
     np.testing.assert_array_equal(out[..., 1], img[..., 1])
     assert np.any(out[..., 0] != img[..., 0]) or np.any(out[..., 2] != img[..., 2])
+
+
+def test_work_size_shrinks_image_boxes_and_mask_together():
+    img = scene(640, 480, box=(240, 160, 400, 320))
+    fov = img.max(axis=2) > 0
+    aug = PairedAugment(work_size=320, **NO_GEOMETRY)
+    out, boxes, mask = aug(img, np.array([[240, 160, 400, 320]], float), np.random.default_rng(0), mask=fov)
+    assert out.shape == (240, 320, 3) and mask.shape == (240, 320)
+    np.testing.assert_allclose(boxes, [[120, 80, 200, 160]])
+    assert abs(mask.mean() - fov.mean()) < 0.01
+    small = scene()
+    out, boxes, _ = aug(small, np.array([[60, 40, 100, 80]], float), np.random.default_rng(0))
+    assert out.shape == small.shape                     # already small enough: untouched size
+    np.testing.assert_allclose(boxes, [[60, 40, 100, 80]])

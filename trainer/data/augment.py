@@ -96,6 +96,10 @@ class PairedAugment:
     boxes, with a thin light frame some of the time); text_p: probability of 1-3 burnt-in text
     strips along the top or bottom; jpeg_p / jpeg_quality: probability and (min, max) quality
     of a JPEG round trip.
+    work_size: when not 0, an image whose longer side exceeds it is first shrunk to it (boxes
+    and mask with it; the result is smaller than the input) so the effects cost pixels of
+    roughly the network's input size, not of a 1920x1080 still. For callers that read boxes
+    in the returned image's pixels (the detector); the sizer's depth path warps at full size.
     """
     hflip_p: float = 0.5
     vflip_p: float = 0.5
@@ -118,10 +122,13 @@ class PairedAugment:
     text_p: float = 0.0
     jpeg_p: float = 0.0
     jpeg_quality: tuple[int, int] = (40, 90)
+    work_size: int = 0
 
     def __call__(self, image: np.ndarray, boxes, rng: np.random.Generator,
                  mask: np.ndarray | None = None):
         """(image, boxes (K,4), mask or None) after one random draw; inputs are not modified."""
+        if self.work_size and max(image.shape[:2]) > self.work_size:
+            image, boxes, mask = shrink(image, boxes, mask, self.work_size)
         h, w = image.shape[:2]
         matrix = self.geometry((w, h), rng)
         image = warp_image(image, matrix)
@@ -187,6 +194,19 @@ class PairedAugment:
         if self.motion_blur_p and rng.random() < self.motion_blur_p:
             out = motion_blur(out, float(rng.uniform(*self.motion_blur_px)), float(rng.uniform(0.0, 180.0)))
         return out
+
+
+def shrink(image: np.ndarray, boxes, mask: np.ndarray | None, longest: int):
+    """Image (area-averaged), boxes and mask scaled so the longer side is `longest` pixels."""
+    h, w = image.shape[:2]
+    scale = longest / max(h, w)
+    size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+    image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    sx, sy = size[0] / w, size[1] / h
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * [sx, sy, sx, sy]
+    if mask is not None:
+        mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    return image, boxes, mask
 
 
 def motion_blur(image: np.ndarray, length: float, angle_deg: float) -> np.ndarray:
