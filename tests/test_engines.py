@@ -134,11 +134,9 @@ def test_auto_order_prefers_gpu_backends_when_present(model_and_bundle, monkeypa
     """With CUDA reported present, tensorrt is considered first and explains a missing torch_tensorrt."""
     _, bundle = model_and_bundle
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "torch_tensorrt" else real_find_spec(name, *a))
-    assert unavailable_reason("tensorrt", bundle) == \
-        "torch_tensorrt is not installed: pip install hagview[tensorrt] (or scripts/install_tensorrt.sh)"
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", None)      # import fails as when not installed
+    assert unavailable_reason("tensorrt", bundle) == "torch_tensorrt is not installed: run " \
+        "scripts/install_tensorrt.sh (pip install hagview[tensorrt] matches torch 2.13 only)"
     assert unavailable_reason("torch-cuda", bundle) is None
 
 
@@ -165,3 +163,73 @@ def test_torch_compile_engine_matches_eager(model_and_bundle):
     assert compiled.name == "torch-compile"
     for name, value in eager.run(inputs).items():
         np.testing.assert_allclose(compiled.run(inputs)[name], value, rtol=PARITY_RTOL, atol=PARITY_ATOL)
+
+
+def test_every_backend_the_clis_offer_is_one_load_engine_accepts(model_and_bundle, no_nvidia_driver):
+    """One tuple of names: the --backend choices of hagview and hagview-annotate are exactly
+    BACKEND_CHOICES, and load_engine runs each or says why not here (never "unknown backend")."""
+    from pipeline.cli_util import ArgumentParser, add_run_options
+
+    _, bundle = model_and_bundle
+    parser = ArgumentParser(prog="t")
+    add_run_options(parser)
+    action = next(a for a in parser._actions if a.dest == "backend")
+    assert tuple(action.choices) == engines.BACKEND_CHOICES == ("auto", *engines.BACKENDS)
+    inputs = _inputs(2)
+    for name in engines.BACKEND_CHOICES:
+        if name == "torch-compile":
+            continue                      # compiles for minutes on a CPU: see the slow test below
+        try:
+            engine = load_engine(bundle, backend=name, threads=1)
+        except BackendUnavailable as exc:
+            assert name in ("torch-cuda", "tensorrt") and "no NVIDIA GPU driver here" in str(exc)
+            continue
+        assert engine.run(inputs)["size_mm"].shape == (2, 1)
+    cpu = load_engine(bundle, backend="torch-cpu")
+    assert (cpu.name, cpu.device, cpu.precision) == ("torch", "cpu", "fp32")
+
+
+CUDA_REASON = engines._cuda_reason()
+needs_cuda = pytest.mark.skipif(CUDA_REASON is not None, reason=f"needs CUDA: {CUDA_REASON}")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("backend", ["torch-cuda", "torch-compile"])
+def test_cuda_fp16_engines_match_the_folded_onnx_model(model_and_bundle, backend):
+    """FP16 on CUDA (LayerNorm in FP32, float32 at the boundary) against the folded ONNX model:
+    sizes within 1e-2 mm; torch-compile on CUDA records CUDA graphs (reduce-overhead) per
+    static batch size and reuses them; every batch size from 1 to 9 maps onto 1/2/4/8."""
+    _, bundle = model_and_bundle
+    reference = load_engine(bundle, backend="onnxruntime", threads=1)
+    engine = load_engine(bundle, backend=backend, device="cuda")
+    assert engine.device == f"cuda:{torch.cuda.current_device()}" and engine.precision == "fp16"
+    if backend == "torch-compile":
+        assert engine.compile_mode == "reduce-overhead"
+    for batch in range(1, 10):
+        inputs = _inputs(batch, seed=20 + batch)
+        got, expected = engine.run(inputs), reference.run(inputs)
+        np.testing.assert_allclose(got["size_mm"], expected["size_mm"], rtol=0, atol=1e-2)
+        assert got["logits"].shape == expected["logits"].shape
+    assert set(engine.buffers.allocated()) == {1, 2, 4, 8}
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_tensorrt_engine_cuda_path_with_a_stand_in_compiler(model_and_bundle, tmp_path, monkeypatch):
+    """Where TensorRT is not installed (the GPU check's machine), the TensorRT engine's own CUDA
+    path still runs for real: a stand-in compiler returns the exported program, and the device
+    index, stream, pinned buffers and padding are the real ones."""
+    import _fake_tensorrt as fake
+
+    _, bundle = model_and_bundle
+    fake.install(monkeypatch, fake.FakeCompiler())         # the real CUDA runtime is kept
+    from pipeline.engines.tensorrt_engine import TensorRTEngine
+    engine = TensorRTEngine(bundle, device="cuda", precision="fp16", batch_sizes=(1, 4), cache_dir=tmp_path)
+    assert engine.device == f"cuda:{torch.cuda.current_device()}"
+    reference = load_engine(bundle, backend="onnxruntime", threads=1)
+    for batch in (1, 3, 6):
+        inputs = _inputs(batch, seed=40 + batch)
+        np.testing.assert_allclose(engine.run(inputs)["size_mm"], reference.run(inputs)["size_mm"],
+                                   rtol=0, atol=1e-2)
+    assert engine.buffers.allocated() == {1: 5, 4: 5}

@@ -2,21 +2,27 @@
 
 Compilation and the on-disk cache live in pipeline.engines.tensorrt_build (hagview-export --tensorrt
 prebuilds the same cache). A batch is padded up to the next compiled batch size; a batch
-larger than the largest compiled size is run in chunks. All CUDA/TensorRT imports are lazy.
+larger than the largest compiled size is run in chunks. One call at a time: torch-tensorrt's
+runtime sets per-engine stream fields on every call, and the pinned buffers are shared, so
+`run` holds the engine's lock. All CUDA/TensorRT imports are lazy.
 """
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Sequence
 
 import numpy as np
 
 from pipeline.bundle import Bundle
-from pipeline.engines.tensorrt_build import DEFAULT_BATCH_SIZES, ProgramCache, require_tensorrt, unavailable_reason
+from pipeline.engines import cuda, tensorrt_build as build
+from pipeline.engines.batching import PinnedBuffers, normalise_sizes, run_in_static_batches, static_size_for
 
 from . import Engine
 
 log = logging.getLogger(__name__)
+
+unavailable_reason = build.unavailable_reason
 
 __all__ = ["TensorRTEngine", "unavailable_reason"]
 
@@ -24,53 +30,33 @@ __all__ = ["TensorRTEngine", "unavailable_reason"]
 class TensorRTEngine(Engine):
     name = "tensorrt"
 
-    def __init__(self, bundle: Bundle, device: str = "cuda", batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
-                 precision: str = "fp16", cache_dir=None):
-        require_tensorrt()
-        import torch
-
-        super().__init__(bundle, device)
-        self.batch_sizes = tuple(sorted(set(int(b) for b in batch_sizes) | {1}))
+    def __init__(self, bundle: Bundle, device=None, batch_sizes: Sequence[int] = build.DEFAULT_BATCH_SIZES,
+                 precision: str = "fp16", cache_dir=None, progress: build.Progress | None = None):
+        build.require_tensorrt()
+        torch_device = cuda.resolve_device(device, "tensorrt")
+        super().__init__(bundle, str(torch_device))
+        self.torch_device = torch_device
+        self.batch_sizes = normalise_sizes(batch_sizes)
         self.precision = precision
-        self.cache = ProgramCache(bundle, precision=precision, device=device, cache_dir=cache_dir)
-        self.programs = {batch: self.cache.load_or_build(batch) for batch in self.batch_sizes}
-        self.stream = torch.cuda.Stream(device=device)
+        self.cache = build.ProgramCache(bundle, precision=precision, device=torch_device, cache_dir=cache_dir)
+        self.programs = self.cache.load_all(self.batch_sizes, progress=progress)
+        self.stream = cuda.CUDA.new_stream(torch_device)
+        self.buffers = PinnedBuffers(cuda.CUDA, torch_device, self.stream, bundle.input_names, bundle.output_names)
+        self._lock = threading.Lock()
+        self.gpu_name = self.cache.gpu["gpu"]
 
     def compiled_size_for(self, batch: int) -> int:
         """The smallest compiled batch size that holds `batch` (the largest when none does)."""
-        return next((size for size in self.batch_sizes if size >= batch), self.batch_sizes[-1])
+        return static_size_for(batch, self.batch_sizes)
 
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        batch = next(iter(inputs.values())).shape[0]
-        pieces: dict[str, list[np.ndarray]] = {name: [] for name in self.bundle.output_names}
-        start = 0
-        while start < batch:
-            size = self.compiled_size_for(batch - start)
-            count = min(size, batch - start)
-            chunk = self._run_padded({k: v[start:start + count] for k, v in inputs.items()}, size)
-            for name in pieces:
-                pieces[name].append(chunk[name][:count])
-            start += count
-        return {name: np.concatenate(parts) for name, parts in pieces.items()}
+        with self._lock:
+            return run_in_static_batches(inputs, self.batch_sizes, self.bundle.output_names, self._run_padded)
 
     def _run_padded(self, inputs: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-        import torch
-
-        with torch.inference_mode(), torch.cuda.stream(self.stream):
-            tensors = []
-            for name in self.bundle.input_names:
-                host = torch.from_numpy(inputs[name])
-                if host.shape[0] < size:   # pad with zeros up to the compiled static shape
-                    host = torch.cat([host, host.new_zeros((size - host.shape[0], *host.shape[1:]))])
-                tensors.append(host.pin_memory().to(self.device, non_blocking=True))
-            outputs = self.programs[size](*tensors)
-            host_outputs = [out.to("cpu", non_blocking=True) for out in outputs]
-        self.stream.synchronize()
-        return {name: out.float().numpy() for name, out in zip(self.bundle.output_names, host_outputs)}
+        return self.buffers.run(inputs, size, self.programs[size])
 
     def describe(self) -> str:
-        import torch
-
-        gpu = torch.cuda.get_device_name(torch.device(self.device).index or 0)
         sizes = ",".join(map(str, self.batch_sizes))
-        return f"tensorrt {self.precision} on {gpu} (batch sizes {sizes}): {self.bundle.describe()}"
+        return (f"tensorrt {self.precision} on {self.gpu_name} ({self.device}, batch sizes {sizes}): "
+                f"{self.bundle.describe()}")
