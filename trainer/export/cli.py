@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trt-batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)),
                         help="comma-separated static batch sizes to compile (default %(default)s)")
     parser.add_argument("--trt-precision", choices=PRECISIONS, default="fp16")
+    parser.add_argument("--trt-device", default=None, metavar="cuda:N",
+                        help="GPU to compile for (default: the current CUDA device); programs run only there")
     return parser
 
 
@@ -164,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: note: {bundle.provenance.get('note')}")
     if args.tensorrt:
         from pipeline.engines.tensorrt_build import prebuild
-        for path in prebuild(bundle, batch_sizes=batch_sizes, precision=args.trt_precision):
+        # one line per engine build (minutes on a first run), so a long export shows where it is
+        paths = prebuild(bundle, batch_sizes=batch_sizes, precision=args.trt_precision, device=args.trt_device,
+                         progress=lambda line: print(f"{PROG}: {line}", flush=True))
+        for path in paths:
             print(f"{PROG}: tensorrt program {path}")
     return 0
 
