@@ -71,6 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files (or 'demo')")
     p.add_argument("--out", required=True, help="output directory (one sub-directory per input)")
     add_run_options(p)
+    p.add_argument("--depth-bundle", help="depth model bundle (pipeline.depth), for a sizer with a depth stream")
     p.add_argument("--boxes", action="append", metavar="FILE",
                    help="given boxes instead of a detector: a synthetic .gt.json or MOTChallenge text file; "
                         "once per input (same order) or 'auto' (INPUT's sibling <name>.gt.json / .gt.txt)")
@@ -168,8 +169,13 @@ class AnnotationWriter:
     """Consumes FrameResults in order and writes one input's outputs into `directory`."""
 
     def __init__(self, directory: Path, *, render: bool, mot: bool, synthetic: bool, fps: float | None,
-                 thumb_size: int, crf: int, preset: str, line_width: int) -> None:
+                 thumb_size: int, crf: int, preset: str, line_width: int, truth=None) -> None:
         self.directory = directory
+        # ground truth of the input (a synthetic .gt.json): size accuracy in the report
+        self.accuracy = None
+        if truth is not None:
+            from .truth_accuracy import TruthAccuracy
+            self.accuracy = TruthAccuracy(truth)
         self.synthetic = synthetic
         self.render = render
         self.mot = mot
@@ -201,6 +207,8 @@ class AnnotationWriter:
                 if log_ is None:
                     log_ = self._polyps[r.track_id] = _PolypLog(r.track_id)
                 log_.add(frame.index, frame.pts, r, frame.image, self.thumb_size)
+            if self.accuracy is not None:
+                self.accuracy.add(frame.index, frame.pts, result.tracks)
             if self._mot is not None:
                 from .mot import MotBox, format_mot
                 self._mot.write(format_mot({frame.index: [MotBox(r.track_id, tuple(r.box), float(r.score))
@@ -250,8 +258,12 @@ class AnnotationWriter:
             self._mot.close()
         histories = {tid: p.history_rows() for tid, p in self._polyps.items() if p.frames}
         summary = {**summary, "polyps": len(records)}
+        accuracy = self.accuracy.report() if self.accuracy is not None else None
+        if accuracy is not None:
+            write_json_atomic(self.directory / "accuracy.json", accuracy)
         write_text_atomic(self.directory / "report.html",
-                          report_html(title, summary, records, histories, synthetic=self.synthetic))
+                          report_html(title, summary, records, histories, synthetic=self.synthetic,
+                                      accuracy=accuracy))
         return records
 
     def abort(self) -> None:
@@ -298,6 +310,18 @@ def auto_boxes(spec: str) -> str:
     raise HagviewError(f"{spec}: --boxes auto found neither {stem}.gt.json nor {stem}.gt.txt next to it")
 
 
+def ground_truth_of(spec: str, boxes: str | None):
+    """The input's synthetic ground truth (given boxes that are a .gt.json, else a <name>.gt.json
+    beside the input), for the report's size accuracy; None when there is none."""
+    from .mot import read_ground_truth_json
+
+    candidates = [Path(boxes)] if boxes and str(boxes).endswith(".gt.json") else []
+    if spec != "demo":
+        candidates.append(Path(spec).with_name(Path(spec).name.split(".")[0] + ".gt.json"))
+    found = next((c for c in candidates if c.is_file()), None)
+    return read_ground_truth_json(found) if found is not None else None
+
+
 def annotate_input(spec: str, directory: Path, make_analysis, options: AnnotateOptions, config) -> dict[str, Any]:
     """Annotate one input into `directory` (built under a temporary name). Returns run.json.
 
@@ -316,7 +340,7 @@ def annotate_input(spec: str, directory: Path, make_analysis, options: AnnotateO
             writer = AnnotationWriter(tmp, render=options.render, mot=options.mot, synthetic=model_info["synthetic"],
                                       fps=source.fps, thumb_size=config.output.thumbnail_size,
                                       crf=config.output.render_crf, preset=config.output.render_preset,
-                                      line_width=config.output.overlay_line_width)
+                                      line_width=config.output.overlay_line_width, truth=ground_truth_of(spec, boxes))
             progress = Progress(total, unit="frames", label=directory.name, rate_unit="fps",
                                 enabled=not options.quiet)
             try:
@@ -381,10 +405,10 @@ def main(argv: list[str] | None = None) -> int:
     # Models load once and serve every input; given boxes differ per input.
     if boxes_list:
         shared, shared_info = build_analysis(config, sizer=sizer, boxes=GROUND_TRUTH_BOXES, backend=args.backend,
-                                             offline=True)
+                                             offline=True, depth=args.depth_bundle)
     else:
         shared, shared_info = build_analysis(config, sizer=sizer, detector=detector, backend=args.backend,
-                                             offline=True)
+                                             offline=True, depth=args.depth_bundle)
 
     taken: set[str] = set()
     failures = 0

@@ -10,7 +10,7 @@ A bundle is a directory with
 ``bundle.json`` (schema_version 1)::
 
     schema_version   1
-    kind             "sizer" | "detector"
+    kind             "sizer" | "detector" | "depth" (a frame -> relative depth model, pipeline.depth)
     architecture     {"name": registry name, "init_kwargs": {...} of the folded model,
                       "folded": true}            or null for an external ONNX model
     inputs           {"streams": [names], "channels": {stream: C}, "size": int | [width, height],
@@ -68,7 +68,7 @@ SUPPORTED_SCHEMA_VERSIONS = (1,)
 MANIFEST_NAME = "bundle.json"
 ONNX_NAME = "model.onnx"
 WEIGHTS_NAME = "weights.safetensors"
-KINDS = ("sizer", "detector")
+KINDS = ("sizer", "detector", "depth")
 BOX_FORMATS = ("xyxy", "cxcywh", "xywh")
 COORDINATES = ("normalised", "pixels")
 SYNTHETIC_NOTE = "trained on synthetic data; not for clinical use"
@@ -330,8 +330,14 @@ def _validate_manifest(manifest: Any, manifest_path: Path) -> None:
         req(isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest),
             f"files[{name!r}] is not a sha256 hex digest")
     if arch is None:
-        req(manifest["kind"] == "detector", "an external ONNX model (architecture null) must be a detector")
-        _validate_layout(outputs.get("layout"), names, manifest_path)
+        req(manifest["kind"] in ("detector", "depth"),
+            "an external ONNX model (architecture null) must be a detector or a depth model")
+        if manifest["kind"] == "detector":
+            _validate_layout(outputs.get("layout"), names, manifest_path)
+        else:
+            req(len(streams) == 1 and len(names) == 1,
+                "a depth bundle has one input (the frame) and one output (its depth map)")
+            req(isinstance(outputs.get("inverse", False), bool), "outputs.inverse must be true or false")
     else:
         req(WEIGHTS_NAME in files, f"files does not list {WEIGHTS_NAME}")
 

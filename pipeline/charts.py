@@ -212,3 +212,61 @@ def html_page(title: str, body: str) -> str:
              "padding:3px 7px;text-align:right}th{background:#f3f3f3}.note{color:#666;font-size:12px}")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n")
+
+
+def svg_bland_altman(predicted: Sequence[float], true: Sequence[float], *, title: str = "Bland-Altman",
+                     unit: str = "mm", width: int = 460, height: int = 280) -> str:
+    """An `<svg>` Bland-Altman plot: mean of (predicted, true) on x, predicted - true on y, with
+    the bias and the 95 % limits of agreement (bias +- 1.96 SD) as horizontal lines."""
+    pairs = [(float(p), float(t)) for p, t in zip(predicted, true)
+             if math.isfinite(float(p)) and math.isfinite(float(t))]
+    parts = _svg_open(width, height, title)
+    if not pairs:
+        parts.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" fill="#888">no data</text>')
+        parts.append("</svg>")
+        return "".join(parts)
+    means = [(p + t) / 2 for p, t in pairs]
+    diffs = [p - t for p, t in pairs]
+    n = len(diffs)
+    bias = sum(diffs) / n
+    sd = math.sqrt(sum((d - bias) ** 2 for d in diffs) / (n - 1)) if n > 1 else 0.0
+    lines = [("bias", bias, "#D55E00"), ("-1.96 SD", bias - 1.96 * sd, "#0072B2"),
+             ("+1.96 SD", bias + 1.96 * sd, "#0072B2")]
+    left, right, top, bottom = 58, 70, 26 if title else 10, 40
+    plot_w, plot_h = width - left - right, height - top - bottom
+    y_values = diffs + [v for _, v, _ in lines] + [0.0]
+    y_ticks = _nice_ticks(min(y_values), max(y_values))
+    x_ticks = _nice_ticks(min(means), max(means))
+    y_low, y_high = min(y_ticks[0], min(y_values)), max(y_ticks[-1], max(y_values))
+    x_low, x_high = min(x_ticks[0], min(means)), max(x_ticks[-1], max(means))
+    if x_high - x_low < 1e-9:
+        x_low, x_high = x_low - 1, x_high + 1
+    if y_high - y_low < 1e-9:
+        y_low, y_high = y_low - 1, y_high + 1
+
+    def px(v: float) -> float:
+        return left + (v - x_low) / (x_high - x_low) * plot_w
+
+    def py(v: float) -> float:
+        return top + (1 - (v - y_low) / (y_high - y_low)) * plot_h
+
+    for t in y_ticks:
+        parts.append(f'<line x1="{left}" y1="{py(t):.1f}" x2="{left + plot_w}" y2="{py(t):.1f}" stroke="#e5e5e5"/>')
+        parts.append(f'<text x="{left - 5}" y="{py(t) + 4:.1f}" text-anchor="end">{_format_tick(t)}</text>')
+    for t in x_ticks:
+        parts.append(f'<text x="{px(t):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{_format_tick(t)}</text>')
+    parts.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#333"/>')
+    parts.append(f'<text x="{left + plot_w / 2}" y="{top + plot_h + 32}" text-anchor="middle">'
+                 f'mean of predicted and true ({html.escape(unit)})</text>')
+    parts.append(f'<text x="12" y="{top + plot_h / 2}" text-anchor="middle" transform="rotate(-90 12 '
+                 f'{top + plot_h / 2})">predicted - true ({html.escape(unit)})</text>')
+    for m, d in zip(means, diffs):
+        parts.append(f'<circle cx="{px(m):.1f}" cy="{py(d):.1f}" r="2.2" fill="#009E73" fill-opacity="0.55"/>')
+    for name, value, colour in lines:
+        y = py(value)
+        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="{colour}" '
+                     f'stroke-dasharray="5,3"/>')
+        parts.append(f'<text x="{left + plot_w + 4}" y="{y + 4:.1f}" fill="{colour}">{html.escape(name)} '
+                     f'{value:.2f}</text>')
+    parts.append("</svg>")
+    return "".join(parts)

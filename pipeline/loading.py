@@ -30,12 +30,13 @@ def _bundle_info(bundle, path) -> dict[str, Any]:
 
 def build_analysis(config: RunConfig, *, sizer: str | Path | None = None, detector: str | Path | None = None,
                    boxes: str | Path | None = None, backend: str = "auto",
-                   offline: bool = False) -> tuple[Analysis, dict[str, Any]]:
+                   offline: bool = False, depth: str | Path | None = None) -> tuple[Analysis, dict[str, Any]]:
     """Load the models (or given boxes) named; returns the Analysis and `model_info`.
 
     `offline`: the analysis runs in `run_offline`, where stages and workers already occupy the
     cores, so engines get one thread each unless `runtime.inference_threads` says otherwise
-    (oversubscribed thread pools would fight each other).
+    (oversubscribed thread pools would fight each other). `depth`: the depth bundle
+    (pipeline.depth) a sizer with a depth stream needs.
 
     model_info: {"sizer": {...} | None, "detector": {...} | None, "boxes": str | None,
     "synthetic": bool (any model trained on synthetic data), "backend": engine names,
@@ -47,7 +48,8 @@ def build_analysis(config: RunConfig, *, sizer: str | Path | None = None, detect
     sizing = None
     if sizer is not None:
         policy = sizing_policy(config)
-        sizing = TrackSizingStage.from_bundle(sizer, backend=backend, threads=threads, policy=policy)
+        sizing = TrackSizingStage.from_bundle(sizer, backend=backend, threads=threads, policy=policy,
+                                              depth_bundle=depth)
         info["sizer"] = _bundle_info(sizing.bundle, sizer)
         backends.append(sizing.engine.name)
     found = None

@@ -8,7 +8,11 @@ Sizer streams (method.md), for each polyp box on a frame:
         scale relative to the crop does not depend on where it sits in the frame.
   mask  the whole frame resized to SxS, multiplied by the box mask (a pixel is kept when its
         centre falls inside the box).
-  depth (optional) a depth map scaled to 0..1 per frame, box-masked like `mask`, 3 channels.
+  depth (optional) the frame's depth map (relative, larger is farther) cropped exactly like
+        `rgb`, outside the image and the field of view 0, resized to SxS and min-max scaled
+        to 0..1 per crop, 1 channel. The reference runs MiDaS on each RGB crop and min-max
+        scales its output the same way; here the depth map comes once per frame (a data
+        set's stored depth, or the pipeline's depth model) and is cropped.
 Before all of this the frame is multiplied by its field-of-view mask, so outside the endoscope's
 view, padding and masked-out pixels are all the same black (0) before normalisation. Then
 `(x / 255 - mean) / std` per channel. Both streams are stretched to SxS (not letterboxed):
@@ -30,7 +34,6 @@ from .errors import ConfigError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STREAM_NAMES = ("rgb", "mask", "depth")
-DEPTH_MEAN, DEPTH_STD = 0.5, 0.25
 
 
 def _check_mean_std(name: str, mean, std) -> None:
@@ -177,7 +180,7 @@ def _normalise(stack_u8: np.ndarray, mean, std) -> np.ndarray:
 def prepare_sizer_inputs(image_rgb: np.ndarray, boxes, spec: SizerInputSpec,
                          fov_mask: np.ndarray | None = None,
                          depth: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """{stream: float32 (K,3,S,S)} for the K boxes (x1,y1,x2,y2) on one RGB frame.
+    """{stream: float32 (K,C,S,S)} for the K boxes (x1,y1,x2,y2) on one RGB frame (C: 3, depth 1).
 
     fov_mask: bool HxW from `FovMaskCache`; estimated here from this frame when None and
     `spec.fov_masking` (slower: pass the cached mask on video). depth: float HxW, required when
@@ -196,19 +199,18 @@ def prepare_sizer_inputs(image_rgb: np.ndarray, boxes, spec: SizerInputSpec,
         raise ValueError("the input spec has a depth stream but no depth map was given")
     out: dict[str, np.ndarray] = {}
     if k == 0:
-        return {name: np.zeros((0, 3, s, s), dtype=np.float32) for name in spec.streams}
+        return {name: np.zeros((0, 1 if name == "depth" else 3, s, s), dtype=np.float32)
+                for name in spec.streams}
     if spec.fov_masking and fov_mask is None:
         from .fov import estimate_fov_mask
         fov_mask = estimate_fov_mask(image_rgb)
     frame = apply_fov(image_rgb, spec.fov_masking, fov_mask)
 
+    rects = [_crop_rect(box, spec.box_grow) for box in boxes]
     if "rgb" in spec.streams:
         crops = np.empty((k, s, s, 3), dtype=np.uint8)
-        for i, box in enumerate(boxes):
-            gx1, gy1, gx2, gy2 = grown_box(box, spec.box_grow)
-            rx1, ry1 = math.floor(gx1 + 0.5), math.floor(gy1 + 0.5)
-            rx2, ry2 = max(math.floor(gx2 + 0.5), rx1 + 1), max(math.floor(gy2 + 0.5), ry1 + 1)
-            crops[i] = _resize(crop_padded(frame, rx1, ry1, rx2, ry2), s, s)
+        for i, rect in enumerate(rects):
+            crops[i] = _resize(crop_padded(frame, *rect), s, s)
         out["rgb"] = _normalise(crops, spec.mean, spec.std)
 
     spans = [(box_span(b[0], b[2], s / w, s), box_span(b[1], b[3], s / h, s)) for b in boxes]
@@ -223,19 +225,32 @@ def prepare_sizer_inputs(image_rgb: np.ndarray, boxes, spec: SizerInputSpec,
         out["mask"] = masked
 
     if "depth" in spec.streams:
-        if depth.shape[:2] != (h, w):
+        depth = np.asarray(depth)
+        if depth.ndim == 3 and depth.shape[2] == 1:
+            depth = depth[:, :, 0]
+        if depth.shape != (h, w):
             raise ValueError(f"depth map shape {depth.shape} does not match the image {(h, w)}")
         d = np.nan_to_num(depth.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-        d = d / max(float(d.max()), 1e-6)
         if spec.fov_masking:
             d = d * fov_mask
-        small = _resize(d, s, s)
-        planes = np.zeros((k, 1, s, s), dtype=np.float32)
-        for i, ((a, b), (c, e)) in enumerate(spans):
-            planes[i, 0, c:e, a:b] = small[c:e, a:b]
-        out["depth"] = np.ascontiguousarray(
-            np.repeat((planes - DEPTH_MEAN) / DEPTH_STD, 3, axis=1), dtype=np.float32)
+        planes = np.empty((k, 1, s, s), dtype=np.float32)
+        for i, rect in enumerate(rects):
+            planes[i, 0] = _min_max(_resize(crop_padded(d, *rect), s, s))
+        out["depth"] = planes
     return {name: out[name] for name in spec.streams}
+
+
+def _crop_rect(box, grow: float) -> tuple[int, int, int, int]:
+    """The rgb (and depth) crop in whole pixels: the grown box rounded, at least 1x1."""
+    gx1, gy1, gx2, gy2 = grown_box(box, grow)
+    rx1, ry1 = math.floor(gx1 + 0.5), math.floor(gy1 + 0.5)
+    return rx1, ry1, max(math.floor(gx2 + 0.5), rx1 + 1), max(math.floor(gy2 + 0.5), ry1 + 1)
+
+
+def _min_max(plane: np.ndarray) -> np.ndarray:
+    """Scaled to 0..1 (the reference's per-map normalisation); a flat plane becomes 0."""
+    lo, hi = float(plane.min()), float(plane.max())
+    return (plane - lo) * np.float32(1.0 / max(hi - lo, 1e-5))
 
 
 @dataclass(frozen=True)

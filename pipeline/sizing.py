@@ -10,6 +10,10 @@ Policy when the CPU cannot size every track on every frame (`SizingPolicy`):
    is cut to what fits in the budget according to the measured cost per sized box (a moving
    average of batch time / batch size), but always at least one track.
 Tracks not sized on a frame keep their smoothed estimate; `stats()` counts sized and deferred.
+
+A sizer with a depth stream needs a depth bundle (`pipeline.depth`): its model runs once per
+frame on which anything is sized, before the sizer. Sizes are clamped to the range the sizer
+bundle's `outputs.decision.clamp_mm` names (the reference's [0.5, 22] mm) when it names one.
 """
 from __future__ import annotations
 
@@ -116,16 +120,21 @@ class TrackSizingStage:
     """
 
     def __init__(self, engine, spec: SizerInputSpec, policy: SizingPolicy = SizingPolicy(),
-                 name: str = "sizer") -> None:
+                 name: str = "sizer", depth=None, clamp_mm: tuple[float, float] | None = None) -> None:
+        if "depth" in spec.streams and depth is None:
+            raise BundleError(f"{name}: the sizer takes a depth stream; give it a depth bundle "
+                              f"(hagview --depth-bundle, pipeline.depth)")
         self.engine = engine
         self.spec = spec
         self.name = name
+        self.depth = depth                # pipeline.depth.DepthEstimator, for a depth stream
+        self.clamp_mm = clamp_mm
         self.scheduler = SizingScheduler(policy)
         self._lock = threading.Lock()     # offline runs size several frames at once
 
     @classmethod
     def from_bundle(cls, bundle_path, *, backend: str = "auto", threads: int | None = None,
-                    policy: SizingPolicy = SizingPolicy()) -> "TrackSizingStage":
+                    policy: SizingPolicy = SizingPolicy(), depth_bundle=None) -> "TrackSizingStage":
         from pipeline.bundle import load_bundle
 
         from .engines import load_engine
@@ -134,8 +143,15 @@ class TrackSizingStage:
         if bundle.kind != "sizer":
             raise BundleError(f"{bundle_path}: bundle kind is {bundle.kind!r}, expected a sizer")
         spec = spec_from_bundle(bundle)
+        depth = None
+        if "depth" in spec.streams and depth_bundle is not None:
+            from .depth import DepthEstimator
+            depth = DepthEstimator.from_bundle(depth_bundle, backend=backend, threads=threads)
+        decision = bundle.outputs.get("decision") or {}
+        clamp = decision.get("clamp_mm")
         engine = load_engine(bundle, backend=backend, threads=threads or None)
-        stage = cls(engine, spec, policy, name=str(bundle_path))
+        stage = cls(engine, spec, policy, name=str(bundle_path), depth=depth,
+                    clamp_mm=None if clamp is None else (float(clamp[0]), float(clamp[1])))
         stage.bundle = bundle
         return stage
 
@@ -148,9 +164,12 @@ class TrackSizingStage:
             return {}
         boxes = np.array([tracks[i][1] for i in chosen], dtype=np.float64).reshape(-1, 4)
         started = time.perf_counter()
-        inputs = prepare_sizer_inputs(image, boxes, self.spec, fov_mask=fov_mask)
+        depth = self.depth.estimate(image, fov_mask) if self.depth is not None else None
+        inputs = prepare_sizer_inputs(image, boxes, self.spec, fov_mask=fov_mask, depth=depth)
         outputs = self.engine.run(inputs)
         sizes = sizes_from_outputs(outputs, len(chosen), self.name)
+        if self.clamp_mm is not None:
+            sizes = np.clip(sizes, *self.clamp_mm)
         chosen_ids = [ids[i] for i in chosen]
         with self._lock:
             self.scheduler.record(chosen_ids, frame_index, time.perf_counter() - started)

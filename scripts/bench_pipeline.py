@@ -64,6 +64,7 @@ from pipeline.sources import FileSource  # noqa: E402
 from pipeline.sources.base import PacedSource, ReconnectingSource  # noqa: E402
 from pipeline.boxes import box_iou  # noqa: E402
 from pipeline.fsutil import write_json_atomic  # noqa: E402
+from pipeline.size_metrics import clinician_report  # noqa: E402
 from pipeline.sizeclass import triclass_index  # noqa: E402
 
 CACHE = Path(os.environ.get("HAGVIEW_CACHE", Path.home() / ".cache" / "hagview"))
@@ -310,6 +311,10 @@ def accuracy_on(videos: list[tuple[Path, Path]], make_analysis, config) -> dict:
     polyps_without_track = 0
     flips_raw = flips_smoothed = frames_counted = 0
     mot = []
+    # what clinicians read (pipeline.size_metrics): (predicted, true) per sized frame and per polyp,
+    # and per polyp the media time it first shows and the first time a size is shown for it
+    frame_pairs, polyp_pairs = [], []
+    first_visible, first_sized = {}, {}
     for video, gt_path in videos:
         gt = read_ground_truth_json(gt_path)
         analysis = make_analysis(gt_path)
@@ -321,6 +326,8 @@ def accuracy_on(videos: list[tuple[Path, Path]], make_analysis, config) -> dict:
         for result in results:
             index = result.frame.index
             truth = gt.frames.get(index, [])
+            for g in truth:
+                first_visible.setdefault((video.name, g.polyp_id), result.frame.pts)
             hyps[index] = [MotBox(t.track_id, t.box, t.score) for t in result.tracks if t.missed == 0]
             for t in result.tracks:
                 if t.missed != 0:
@@ -336,10 +343,13 @@ def accuracy_on(videos: list[tuple[Path, Path]], make_analysis, config) -> dict:
                     track["raw"].append(t.frame_size_mm)
                     track["shown"].append(t.estimate.size_class if t.estimate else None)
                     if matched is not None:
+                        frame_pairs.append((t.frame_size_mm, matched.diameter_mm))
                         frame_errors.append(abs(t.frame_size_mm - matched.diameter_mm))
                         frame_hits.append(triclass_index(t.frame_size_mm) == triclass_index(matched.diameter_mm))
                 if matched is not None:
                     track["votes"][matched.polyp_id] = track["votes"].get(matched.polyp_id, 0) + 1
+                    if t.estimate is not None:
+                        first_sized.setdefault((video.name, matched.polyp_id), result.frame.pts)
         for track in per_track.values():
             if track["raw"]:
                 flips_raw += count_class_flips(track["raw"])
@@ -361,6 +371,7 @@ def accuracy_on(videos: list[tuple[Path, Path]], make_analysis, config) -> dict:
                 polyps_without_track += 1
                 continue
             truth_mm = gt.diameters_mm[polyp]
+            polyp_pairs.append((per_track[best]["estimate"].size_mm, truth_mm))
             polyp_errors.append(abs(per_track[best]["estimate"].size_mm - truth_mm))
             polyp_hits.append(triclass_index(per_track[best]["estimate"].size_mm) == triclass_index(truth_mm))
         mot.append(evaluate_mot(gt.boxes(), hyps, frames=range(len(results))))
@@ -385,6 +396,9 @@ def accuracy_on(videos: list[tuple[Path, Path]], make_analysis, config) -> dict:
         "mota_mean": mean([m["mota"] for m in mot if m["mota"] is not None]),
         "id_switches": total("id_switches"),
         "per_video_mot": mot,
+        "clinician": clinician_report([p for p, _ in frame_pairs], [t for _, t in frame_pairs],
+                                      [p for p, _ in polyp_pairs], [t for _, t in polyp_pairs],
+                                      first_visible_s=first_visible, first_sized_s=first_sized),
     }
 
 
@@ -487,6 +501,26 @@ def _fmt(v, digits=2) -> str:
     return str(v)
 
 
+def clinician_rows(kind: str, c: dict) -> list[tuple[str, str, str]]:
+    rows = []
+    for level in ("per_polyp", "per_frame"):
+        m = c.get(level) or {}
+        if not m.get("count"):
+            continue
+        rows += [(f"accuracy ({kind})", f"{level}: within 1 mm / within 10 %",
+                  f"{_fmt(m['within_1mm'])} / {_fmt(m['within_10pct'])}"),
+                 (f"accuracy ({kind})", f"{level}: >5 mm called <=5 / >=10 mm called <10",
+                  f"{_fmt(m['missed_above_5_rate'])} / {_fmt(m['missed_large_rate'])}"),
+                 (f"accuracy ({kind})", f"{level}: Bland-Altman bias [95% limits] mm",
+                  f"{_fmt(m['ba_bias_mm'])} [{_fmt(m['ba_loa_low_mm'])}, {_fmt(m['ba_loa_high_mm'])}]"),
+                 (f"accuracy ({kind})", f"{level}: confusion at 5/10 mm (rows true)", str(m["confusion_5_10"]))]
+    t = c.get("time_to_first_size")
+    if t:
+        rows.append((f"accuracy ({kind})", "first visible -> first size shown: median / max s, never sized",
+                     f"{_fmt(t['median_s'])} / {_fmt(t['max_s'])}, {_fmt(t['never_sized_rate'])}"))
+    return rows
+
+
 def print_table(r: dict) -> None:
     rows = []
     if "offline" in r:
@@ -519,6 +553,7 @@ def print_table(r: dict) -> None:
                   f"{_fmt(a['per_track_mae_mm'])} / {_fmt(a.get('per_track_mae_frame_weighted_mm'))} / "
                   f"{_fmt(a.get('per_polyp_mae_mm'))}"),
                  (f"accuracy ({kind})", "tracks per polyp", _fmt(a.get("tracks_per_polyp"))),
+                 *clinician_rows(kind, a.get("clinician") or {}),
                  (f"accuracy ({kind})", "triclass acc. per frame / per track",
                   f"{_fmt(a['per_frame_triclass_accuracy'])} / {_fmt(a['per_track_triclass_accuracy'])}"),
                  (f"accuracy ({kind})", "class flips /100 frames raw -> smoothed",

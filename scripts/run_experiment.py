@@ -10,8 +10,13 @@ Every run is a real `hagview-train` run (a subprocess) with its own run director
 --out; a run that already completed is reused, an interrupted one is resumed. Each run
 trains on the training folds, picks its best epoch on the validation fold, and evaluates
 that checkpoint on the test set (another synthetic seed with a shifted appearance, the
-config's `test:` section). Per-frame and per-polyp MAE and F1 are reported as mean +- std
-over the seeds, for validation and test.
+config's `test:` section). Per-frame and per-polyp MAE and F1 (binary F1 of the >= 10 mm
+class and, as the reference reports it, weighted over both classes) and what clinicians read
+(within 1 mm, > 5 mm called <= 5 mm, >= 10 mm called < 10 mm, Bland-Altman bias and limits)
+are reported as mean +- std over the seeds, for validation and test.
+
+    python scripts/run_experiment.py --config configs/train/experiment_gr_ablation_reference.yaml \
+        --out runs/experiment-reference       # the reference configuration, masked frame + depth
 
     python scripts/run_experiment.py --out runs/experiment --jobs 2
     python scripts/run_experiment.py --set train.epochs=5 --seeds 0 1   # a quicker look
@@ -43,7 +48,11 @@ VARIANTS = {
 VARIANT_TITLES = {"gr": "HAG + GR", "gates_no_gr": "gates, no GR", "no_gates": "no gates"}
 METRICS = ("frame_mae_mm", "polyp_mae_mm", "frame_binary_f1", "polyp_binary_f1",
            "frame_triclass_f1_weighted", "polyp_triclass_f1_weighted",
-           "frame_triclass_f1_macro", "polyp_triclass_f1_macro")
+           "frame_triclass_f1_macro", "polyp_triclass_f1_macro",
+           "frame_binary_f1_weighted", "polyp_binary_f1_weighted")
+CLINICIAN = ("within_1mm", "missed_above_5_rate", "missed_large_rate", "ba_bias_mm", "ba_loa_low_mm",
+             "ba_loa_high_mm")
+ALL_METRICS = METRICS + tuple(f"{level}_{m}" for level in ("frame", "polyp") for m in CLINICIAN)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -107,8 +116,9 @@ def main(argv=None) -> int:
     for variant, by_seed in runs.items():
         table[variant] = {}
         for split in ("validation", "test"):
-            for metric in METRICS:
-                values = [r[split][metric] for r in by_seed.values() if r[split] and metric in r[split]]
+            for metric in ALL_METRICS:
+                values = [r[split][metric] for r in by_seed.values() if r[split] and metric in r[split]
+                          and r[split][metric] == r[split][metric]]
                 if values:
                     m, s = mean_std(values)
                     table[variant][f"{split}_{metric}"] = {"mean": m, "std": s, "values": values}
@@ -141,7 +151,31 @@ def results_markdown(table: dict, args) -> str:
                 row.append(f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f}" if cell else "-")
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+        lines += ["| variant | frame binary F1 (w, as the paper) | polyp binary F1 (w) | frame macro triclass F1 "
+                  "| polyp macro triclass F1 |", "|---|---|---|---|---|"]
+        for variant, cells in table.items():
+            row = [VARIANT_TITLES[variant]] + [_cell(cells.get(f"{split}_{m}"), 3) for m in (
+                "frame_binary_f1_weighted", "polyp_binary_f1_weighted", "frame_triclass_f1_macro",
+                "polyp_triclass_f1_macro")]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+        for level in ("frame", "polyp"):
+            lines += [f"What clinicians read, per {level}:", "",
+                      "| variant | within 1 mm | >5 mm called <=5 | >=10 mm called <10 | bias (mm) "
+                      "| 95% limits (mm) |", "|---|---|---|---|---|---|"]
+            for variant, cells in table.items():
+                c = {m: cells.get(f"{split}_{level}_{m}") for m in CLINICIAN}
+                limits = (f"{c['ba_loa_low_mm']['mean']:.1f} to {c['ba_loa_high_mm']['mean']:.1f}"
+                          if c["ba_loa_low_mm"] and c["ba_loa_high_mm"] else "-")
+                lines.append("| " + " | ".join([VARIANT_TITLES[variant], _cell(c["within_1mm"], 3),
+                                                _cell(c["missed_above_5_rate"], 3), _cell(c["missed_large_rate"], 3),
+                                                _cell(c["ba_bias_mm"], 2), limits]) + " |")
+            lines.append("")
     return "\n".join(lines)
+
+
+def _cell(cell, digits: int) -> str:
+    return f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f}" if cell else "-"
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ def test_full_annotation_with_given_boxes(tmp_path, clip, sizer):
                      "--sizer", str(sizer), "--render", "--mot", "--quiet", "--set", "output.overlay_line_width=4"])
     assert code == EXIT_OK
     d = out / "case1"
-    assert sorted(p.name for p in d.iterdir()) == ["annotated.mp4", "frames.jsonl", "mot.txt", "polyps.json",
-                                                   "report.html", "run.json", "thumbs"]
+    assert sorted(p.name for p in d.iterdir()) == ["accuracy.json", "annotated.mp4", "frames.jsonl", "mot.txt",
+                                                   "polyps.json", "report.html", "run.json", "thumbs"]
     input_times = decode_times(path)
     rows = [json.loads(line) for line in (d / "frames.jsonl").read_text().splitlines()]
     assert [r["index"] for r in rows] == list(range(30))
@@ -60,6 +60,15 @@ def test_full_annotation_with_given_boxes(tmp_path, clip, sizer):
     assert "<svg" in html and p["thumbnail"] in html and "SYNTHETIC-TRAINED MODEL" in html
 
     # Same frame count and timestamps as the input, with the overlay burnt in.
+    # the given boxes are the clip's ground truth: what clinicians read, against it (6 mm polyp)
+    accuracy = json.loads((d / "accuracy.json").read_text())
+    assert accuracy["per_frame"]["count"] == 22 and accuracy["per_polyp"]["count"] == 1
+    assert accuracy["per_polyp"]["mae_mm"] == pytest.approx(abs(p["size_mm"] - 6.0), abs=1e-3)
+    assert accuracy["per_polyp"]["ba_bias_mm"] == pytest.approx(p["size_mm"] - 6.0, abs=1e-3)
+    first = accuracy["time_to_first_size"]
+    assert first["polyps"] == 1 and first["never_sized_rate"] == 0
+    assert first["median_s"] == pytest.approx(0.2 - 0.1 * next(i for i, f in enumerate(gt["frames"]) if f["polyps"]))
+    assert "Size accuracy against ground truth" in html and "Bland-Altman, per frame" in html
     assert decode_times(d / "annotated.mp4") == pytest.approx(input_times, abs=1e-6)
     frames = decode_images(d / "annotated.mp4")
     original = decode_images(path)

@@ -93,15 +93,36 @@ def test_fov_mask_zeroes_both_streams():
 
 
 def test_depth_stream():
+    """One channel, cropped exactly like the rgb stream, min-max scaled to 0..1 per crop."""
     img = np.full((40, 40, 3), 128, np.uint8)
-    depth = np.full((40, 40), 4.0, np.float32)
+    depth = np.tile(np.arange(40, dtype=np.float32), (40, 1))        # depth = column index
     spec = SizerInputSpec(streams=("rgb", "mask", "depth"), size=20, fov_masking=False)
-    out = prepare_sizer_inputs(img, [(0, 0, 20, 20)], spec, depth=depth)
-    assert list(out) == ["rgb", "mask", "depth"] and out["depth"].shape == (1, 3, 20, 20)
-    np.testing.assert_allclose(out["depth"][0, :, :10, :10], (1.0 - 0.5) / 0.25)
-    np.testing.assert_allclose(out["depth"][0, :, 10:, :], (0.0 - 0.5) / 0.25)
+    # box 10..20 grown by 0.5 per side: the crop is columns/rows 5..24, 20 px, so no resampling
+    out = prepare_sizer_inputs(img, [(10, 10, 20, 20)], spec, depth=depth)
+    assert list(out) == ["rgb", "mask", "depth"] and out["depth"].shape == (1, 1, 20, 20)
+    expected = (np.arange(5, 25, dtype=np.float32) - 5) / 19
+    np.testing.assert_allclose(out["depth"][0, 0], np.tile(expected, (20, 1)), atol=1e-6)
+    # a crop leaving the image is padded with 0 depth, like the rgb crop with black
+    # (box 0..20 grown: -10..30, 40 px shrunk 2:1 by area averaging, so pixel pairs are averaged)
+    edge = prepare_sizer_inputs(img, [(0, 0, 20, 20)], spec, depth=depth + 10)["depth"][0, 0]
+    assert edge.shape == (20, 20) and edge[:5].max() == 0 and edge[:, :5].max() == 0
+    np.testing.assert_allclose(edge[10, 5:], (10.5 + 2 * np.arange(15)) / 38.5, atol=1e-5)
+    assert prepare_sizer_inputs(img, np.zeros((0, 4)), spec, depth=depth)["depth"].shape == (0, 1, 20, 20)
     with pytest.raises(ValueError, match="no depth map"):
         prepare_sizer_inputs(img, [(0, 0, 20, 20)], spec)
+    with pytest.raises(ValueError, match="does not match"):
+        prepare_sizer_inputs(img, [(0, 0, 20, 20)], spec, depth=depth[:30])
+
+
+def test_depth_stream_fov_masked():
+    img = np.full((40, 40, 3), 128, np.uint8)
+    fov = np.zeros((40, 40), bool)
+    fov[:, :20] = True
+    spec = SizerInputSpec(streams=("depth",), size=20, fov_masking=True)
+    d = prepare_sizer_inputs(img, [(10, 10, 20, 20)], spec, fov_mask=fov,
+                             depth=np.full((40, 40), 7.0, np.float32))["depth"][0, 0]
+    # inside the FOV the (flat) depth is the crop's maximum: 1; outside 0
+    assert (d[:, :15] == 1).all() and (d[:, 15:] == 0).all()
 
 
 def test_spec_round_trip_and_validation():

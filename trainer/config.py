@@ -30,6 +30,10 @@ IMAGE_SET_KINDS = ("kvasir_seg", "polypgen", "image_folder", "negatives")
 HEADS = ("regression", "classification", "both")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine_warm_restarts")
+LOSS_KINDS = ("ours", "reference")
+SPLIT_METHODS = ("round_robin", "sklearn")
+FOLD_PROTOCOLS = ("val_fold", "test_val")
+SAMPLINGS = ("uniform", "random")
 
 
 # --------------------------------------------------------------------------------- schema
@@ -102,12 +106,21 @@ class SourceConfig(DataSourceConfig):
 class DataConfig(DataSourceConfig):
     # Several data sets at once (real and synthetic); when given, kind/root/... above are unused.
     sources: tuple[SourceConfig, ...] = ()
-    split_file: str | None = None         # YAML/JSON {folds: [[polyp ids], ...]}; none: stratified k-fold
+    split_file: str | None = None         # YAML/JSON {folds: [[polyp ids], ...]} or the official
+                                          # split CSV; none: stratified k-fold (split_method)
     folds: int = 6
     split_seed: int = 0                   # the stratified k-fold split (fixed across training seeds)
+    # round_robin: ours (trainer.data.splits.make_kfold_splits); sklearn: the reference's
+    # StratifiedKFold(folds, shuffle=True, random_state=split_seed) over the polyps' size classes.
+    split_method: str = choices("round_robin", SPLIT_METHODS)
+    # val_fold: fold k validates, the rest train; test_val (the reference): fold k is the test
+    # set, fold k+1 validates, the other folds train.
+    protocol: str = choices("val_fold", FOLD_PROTOCOLS)
+    min_frames_per_polyp: int = 1         # polyps with fewer frames are dropped (reference: 2)
     fold: int | None = None               # run one fold (0-based); none: every fold
     train_per_polyp: int = 45             # frames sampled per polyp per epoch (reference 45)
     val_per_polyp: int = 300              # frames per polyp for validation (reference 300)
+    val_sampling: str = choices("uniform", SAMPLINGS)   # random: redrawn every epoch (reference)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     input: InputConfig = field(default_factory=InputConfig)
 
@@ -123,7 +136,10 @@ class TestDataConfig(DataSourceConfig):
 class LossConfig:
     """`smooth_l1 * SmoothL1 + l1 * L1 + l2 * L2` per sample, times the sample's size weight
     (1 up to 5 mm, `weight_above_5` above 5 mm, `weight_at_10` at 10 mm and more); class heads
-    add `class_weight` * cross-entropy."""
+    add `class_weight` * cross-entropy. kind: reference ignores the size terms and weights and
+    uses the loss the reference code runs: unweighted Smooth-L1 (beta 1) on sizes scaled from
+    0.5..20 mm to [-1, 1] (trainer.losses.ReferenceSizeLoss)."""
+    kind: str = choices("ours", LOSS_KINDS)
     smooth_l1: float = 1.0
     l1: float = 0.0
     l2: float = 0.0
@@ -176,6 +192,13 @@ class RoutingConfig:
 
 
 @dataclass
+class DecisionConfig:
+    """How predicted sizes become what is shown: recorded in the bundle, used by the pipeline."""
+    clamp_mm: tuple[float, float] | None = None   # predictions clamped to [lo, hi] (reference 0.5, 22)
+    diminutive_max_mm: float = 5.0        # predicted <= this is diminutive (reference test time 4.75)
+
+
+@dataclass
 class TrainLoopConfig:
     epochs: int = 30
     batch_size: int = 16
@@ -186,7 +209,8 @@ class TrainLoopConfig:
     device: str = "auto"                  # auto | cpu | cuda | cuda:N
     deterministic: bool = True            # deterministic algorithms (slower on GPU)
     steps_per_epoch: int | None = None    # cap, for quick runs; none: the whole training set
-    primary_metric: str | None = None     # picks best.pt; none: the task's default (sizer: by head)
+    primary_metric: str | None = None     # picks best.pt; none: the task's default (sizer: by head);
+                                          # sizer "loss": minimum validation loss (the reference)
     log_every: int = 20                   # progress line every N steps
 
 
@@ -206,6 +230,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     name: str = "run"                     # a label; the config file name when loaded from one
@@ -289,6 +314,17 @@ def _check_values(cfg: TrainConfig) -> None:
     for key, value in positive.items():
         if not value > 0:
             raise ConfigError(f"config key '{key}': must be positive, got {value}")
+    if cfg.data.min_frames_per_polyp < 1:
+        raise ConfigError(f"config key 'data.min_frames_per_polyp': must be 1 or more, "
+                          f"got {cfg.data.min_frames_per_polyp}")
+    if cfg.data.protocol == "test_val" and cfg.data.folds < 3:
+        raise ConfigError(f"config key 'data.protocol': test_val needs at least 3 folds, got {cfg.data.folds}")
+    clamp = cfg.decision.clamp_mm
+    if clamp is not None and not 0 <= clamp[0] < clamp[1]:
+        raise ConfigError(f"config key 'decision.clamp_mm': expected 0 <= lo < hi, got {list(clamp)}")
+    if not 0 < cfg.decision.diminutive_max_mm < 10:
+        raise ConfigError(f"config key 'decision.diminutive_max_mm': must lie in (0, 10), "
+                          f"got {cfg.decision.diminutive_max_mm}")
     _check_source_weights(cfg.data.sources)
     if cfg.train.threads is not None and cfg.train.threads < 1:
         raise ConfigError(f"config key 'train.threads': must be 1 or more, got {cfg.train.threads}")

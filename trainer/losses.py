@@ -11,6 +11,12 @@ its size class, diminutive (<= 5 mm) / small (5-10 mm) / large (>= 10 mm). Main 
 per-sample losses are averaged over the batch (not normalised by the weights), as the
 reference does. Unlike the reference, which applied its mm thresholds to targets already
 scaled to [-1, 1] (so the weights could not trigger), the thresholds here are applied to mm.
+
+`ReferenceSizeLoss` (config `loss.kind: reference`) is what the reference code effectively
+trains with: its targets are scaled from [0.5, 20] mm to [-1, 1] before its weighted loss sees
+them, so no target exceeds its 5 and 10 "mm" thresholds and every weight is 1. What remains is
+an unweighted Smooth-L1 with beta 1 in that scale, where one unit is 9.75 mm; the main and the
+routing pass use the same loss.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.sizeclass import DIMINUTIVE_MAX_MM, LARGE_MIN_MM
+from pipeline.sizeclass import DIMINUTIVE_MAX_MM, LARGE_MIN_MM, MAX_SIZE_MM, MIN_SIZE_MM
 
 MAIN_CLASS_WEIGHTS = (1.0, 3.0, 5.0)
 ROUTING_CLASS_WEIGHTS = (1.0, 5.0, 10.0)
@@ -87,6 +93,32 @@ class SizeRegressionLoss(nn.Module):
         return self.per_sample(outputs[self.output_key], targets["size_mm"]).mean()
 
 
+# The reference's target scaler: [0.5, 20] mm -> [-1, 1]; one unit is 9.75 mm.
+REFERENCE_MM_PER_UNIT = (MAX_SIZE_MM - MIN_SIZE_MM) / 2.0
+
+
+def to_reference_scale(size_mm: torch.Tensor) -> torch.Tensor:
+    return (size_mm - MIN_SIZE_MM) / REFERENCE_MM_PER_UNIT - 1.0
+
+
+class ReferenceSizeLoss(nn.Module):
+    """Unweighted Smooth-L1 (beta 1) between prediction and target, both scaled to [-1, 1]."""
+
+    def __init__(self, output_key: str = "size_mm") -> None:
+        super().__init__()
+        self.output_key = output_key
+
+    def per_sample(self, predicted_mm: torch.Tensor, target_mm: torch.Tensor) -> torch.Tensor:
+        predicted_mm, target_mm = _flat(predicted_mm), _flat(target_mm)
+        if predicted_mm.shape != target_mm.shape:
+            raise ValueError(f"prediction has {predicted_mm.numel()} values, target {target_mm.numel()}")
+        return F.smooth_l1_loss(to_reference_scale(predicted_mm), to_reference_scale(target_mm),
+                                reduction="none", beta=1.0)
+
+    def forward(self, outputs: dict, targets: dict) -> torch.Tensor:
+        return self.per_sample(outputs[self.output_key], targets["size_mm"]).mean()
+
+
 class SizeClassificationLoss(nn.Module):
     """Cross-entropy on `outputs["logits"]` against the size class of the target."""
 
@@ -135,8 +167,9 @@ class CombinedSizeLoss(nn.Module):
 
 
 def reference_losses(head: str = "regression", classes: str = "triclass") -> tuple[nn.Module, nn.Module]:
-    """(main loss, routing loss) as in the reference configs: Smooth-L1 weighted (1,3,5) and
-    (1,5,10) for regression, cross-entropy for classification, the sum of both for "both"."""
+    """(main loss, routing loss) with the weights the reference configs name: Smooth-L1 weighted
+    (1,3,5) and (1,5,10) in mm for regression (ours; the reference code never applies them, see
+    ReferenceSizeLoss), cross-entropy for classification, the sum of both for "both"."""
     main_reg = SizeRegressionLoss(class_weights=MAIN_CLASS_WEIGHTS)
     routing_reg = SizeRegressionLoss(class_weights=ROUTING_CLASS_WEIGHTS)
     if head == "regression":

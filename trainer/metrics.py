@@ -7,9 +7,15 @@ polyp is its (constant) size; the median of its frame targets is used.
 
 Definitions follow scikit-learn's: confusion matrices have true classes in rows, predictions
 in columns; F1 "weighted" averages per-class F1 by true support, "macro" is the plain mean
-over the classes present in either truth or prediction; binary F1 is the F1 of the positive
-class (>= 10 mm); balanced accuracy is the mean recall over the classes present in the truth.
-An undefined ratio (0/0) counts as 0, as scikit-learn's zero_division default does.
+over the classes present in either truth or prediction; `binary_f1` is the F1 of the positive
+class (>= 10 mm) and `binary_f1_weighted` the support-weighted mean over both classes, which is
+what the reference code reports (scikit-learn average="weighted"; the paper's binary 87.8 %);
+balanced accuracy is the mean recall over the classes present in the truth. An undefined ratio
+(0/0) counts as 0, as scikit-learn's zero_division default does.
+
+Size predictions also get what a clinician reads (`pipeline.size_metrics`): within 1 mm and
+10 %, Bland-Altman bias and limits, and the rates of > 5 mm called diminutive and >= 10 mm
+called < 10 mm. A predicted size is diminutive at <= `diminutive_max_mm` (the truth at 5 mm).
 """
 from __future__ import annotations
 
@@ -17,7 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.sizeclass import BINARY_NAMES, TRICLASS_NAMES, binary_index, triclass_index
+from pipeline.size_metrics import clinician_metrics, size_classes
+from pipeline.sizeclass import BINARY_NAMES, DIMINUTIVE_MAX_MM, TRICLASS_NAMES, binary_index, triclass_index
 
 
 @dataclass
@@ -105,6 +112,7 @@ def _class_block(prefix: str, true_mm: np.ndarray, tri_pred: np.ndarray, bin_pre
     confusion[f"{prefix}_binary"] = binary
     values[f"{prefix}_count"] = float(len(true_mm))
     values[f"{prefix}_binary_f1"] = f1_binary(binary)
+    values[f"{prefix}_binary_f1_weighted"] = f1_weighted(binary)
     values[f"{prefix}_binary_balanced_accuracy"] = balanced_accuracy(binary)
     values[f"{prefix}_triclass_f1_weighted"] = f1_weighted(tri)
     values[f"{prefix}_triclass_f1_macro"] = f1_macro(tri)
@@ -112,12 +120,16 @@ def _class_block(prefix: str, true_mm: np.ndarray, tri_pred: np.ndarray, bin_pre
     values[f"{prefix}_triclass_accuracy"] = accuracy(tri)
 
 
-def evaluate_sizes(predicted_mm, true_mm, polyp_ids=None) -> SizingMetrics:
+def evaluate_sizes(predicted_mm, true_mm, polyp_ids=None,
+                   diminutive_max_mm: float = DIMINUTIVE_MAX_MM) -> SizingMetrics:
     """Metrics of size predictions in mm, per frame and (with `polyp_ids`) per polyp.
 
-    Keys (prefix "frame_" and "polyp_"): mae_mm, binary_f1, binary_balanced_accuracy,
-    triclass_f1_weighted, triclass_f1_macro, triclass_balanced_accuracy, triclass_accuracy,
-    count. Confusion matrices: "<prefix>_triclass" (3x3) and "<prefix>_binary" (2x2).
+    Keys (prefix "frame_" and "polyp_"): mae_mm, binary_f1, binary_f1_weighted,
+    binary_balanced_accuracy, triclass_f1_weighted, triclass_f1_macro, triclass_balanced_accuracy,
+    triclass_accuracy, count, and the clinician figures of `pipeline.size_metrics`
+    (within_1mm, within_10pct, missed_above_5_rate, missed_large_rate, ba_bias_mm,
+    ba_loa_low_mm, ba_loa_high_mm). Confusion matrices: "<prefix>_triclass" (3x3, the
+    confusion at 5 and 10 mm) and "<prefix>_binary" (2x2).
     """
     predicted_mm = np.asarray(predicted_mm, dtype=np.float64).reshape(-1)
     true_mm = np.asarray(true_mm, dtype=np.float64).reshape(-1)
@@ -127,15 +139,19 @@ def evaluate_sizes(predicted_mm, true_mm, polyp_ids=None) -> SizingMetrics:
         raise ValueError("no predictions to evaluate")
     values: dict[str, float] = {}
     confusion: dict[str, np.ndarray] = {}
-    values["frame_mae_mm"] = float(np.abs(predicted_mm - true_mm).mean())
-    _class_block("frame", true_mm, np.atleast_1d(triclass_index(predicted_mm)),
-                 np.atleast_1d(binary_index(predicted_mm)), values, confusion)
+
+    def block(prefix, pred, truth):
+        clinic = clinician_metrics(pred, truth, diminutive_max_mm)
+        values[f"{prefix}_mae_mm"] = clinic.values["mae_mm"]
+        _class_block(prefix, truth, size_classes(pred, diminutive_max_mm), np.atleast_1d(binary_index(pred)),
+                     values, confusion)
+        values.update({f"{prefix}_{k}": v for k, v in clinic.values.items() if k not in ("count", "mae_mm")})
+
+    block("frame", predicted_mm, true_mm)
     if polyp_ids is not None:
         _, polyp_pred = group_by_polyp(predicted_mm, polyp_ids, np.median)
         _, polyp_true = group_by_polyp(true_mm, polyp_ids, np.median)
-        values["polyp_mae_mm"] = float(np.abs(polyp_pred - polyp_true).mean())
-        _class_block("polyp", polyp_true, np.atleast_1d(triclass_index(polyp_pred)),
-                     np.atleast_1d(binary_index(polyp_pred)), values, confusion)
+        block("polyp", polyp_pred, polyp_true)
     return SizingMetrics(values, confusion)
 
 
@@ -165,6 +181,7 @@ def evaluate_classes(predicted_class, true_mm, classes: str = "triclass", polyp_
             confusion[f"{prefix}_binary"] = binary
             values[f"{prefix}_count"] = float(len(truth))
             values[f"{prefix}_binary_f1"] = f1_binary(binary)
+            values[f"{prefix}_binary_f1_weighted"] = f1_weighted(binary)
             values[f"{prefix}_binary_balanced_accuracy"] = balanced_accuracy(binary)
 
     block("frame", true_mm, predicted_class)

@@ -141,7 +141,7 @@ def prepare_run_dir(out_dir: Path, cfg: TrainConfig, resume: bool) -> None:
 def new_summary(cfg: TrainConfig, task: Task) -> dict:
     return {"name": cfg.name, "task": task.kind, "primary_metric": task.primary_metric,
             "higher_is_better": task.higher_is_better, "folds": {}, "best_fold": None,
-            "mean_best": {}, "std_best": {}}
+            "mean_best": {}, "std_best": {}, "paper_comparable": getattr(task, "paper_comparable", None)}
 
 
 def read_summary(out_dir: Path) -> dict | None:
@@ -182,6 +182,7 @@ class FoldState:
     best_metric: float | None = None
     best_metrics: dict = field(default_factory=dict)
     best_confusion: dict = field(default_factory=dict)
+    best_agreement: dict = field(default_factory=dict)   # not kept across --resume (report only)
 
 
 def train_fold(cfg: TrainConfig, task: Task, fold: int, fold_dir: Path, ctx: DistContext,
@@ -216,7 +217,6 @@ def train_fold(cfg: TrainConfig, task: Task, fold: int, fold_dir: Path, ctx: Dis
     if resumed_step_state is not None:
         step.load_state_dict(resumed_step_state)
 
-    val_loader = make_loader(val_set, cfg, ctx, train=False, epoch=0, device=device) if ctx.is_main else None
     fold_started = time.perf_counter()
     epochs_at_start = state.epochs_done
     for epoch in range(state.epochs_done + 1, cfg.train.epochs + 1):
@@ -224,6 +224,8 @@ def train_fold(cfg: TrainConfig, task: Task, fold: int, fold_dir: Path, ctx: Dis
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(epoch)
         train_loader = make_loader(train_set, cfg, ctx, train=True, epoch=epoch, device=device)
+        if hasattr(val_set, "set_epoch"):   # a random validation draw is redrawn every epoch
+            val_set.set_epoch(epoch)
         row = {"epoch": epoch}
         row.update(train_one_epoch(step, {"main": main_opt, "gates": gate_opt}, train_loader, cfg, ctx,
                                    device, label=f"fold {fold} epoch {epoch}/{cfg.train.epochs}",
@@ -234,7 +236,7 @@ def train_fold(cfg: TrainConfig, task: Task, fold: int, fold_dir: Path, ctx: Dis
 
         metrics = None
         if ctx.is_main:
-            metrics = evaluate(task, model, val_loader)
+            metrics = evaluate(task, model, make_loader(val_set, cfg, ctx, train=False, epoch=0, device=device))
         metrics = dist_util.broadcast_object(metrics, ctx)
         row.update({f"val_{k}": v for k, v in metrics.items()})
         row["epoch_time_s"] = time.perf_counter() - epoch_started
@@ -246,6 +248,7 @@ def train_fold(cfg: TrainConfig, task: Task, fold: int, fold_dir: Path, ctx: Dis
         if improved:
             state.best_epoch, state.best_metric, state.best_metrics = epoch, value, dict(metrics)
             state.best_confusion = task.confusion_matrices() if ctx.is_main else {}
+            state.best_agreement = _agreement(task, "validation") if ctx.is_main else {}
         if ctx.is_main:
             if improved:
                 save_checkpoint(model, fold_dir / "best.pt", checkpoint_metadata(cfg, task, fold, epoch, metrics))
@@ -261,11 +264,12 @@ def train_fold(cfg: TrainConfig, task: Task, fold: int, fold_dir: Path, ctx: Dis
               "best_metrics": state.best_metrics, "epochs_done": state.epochs_done,
               "completed": state.epochs_done >= cfg.train.epochs,
               "best_checkpoint": f"{fold_dir.name}/best.pt", "last_checkpoint": f"{fold_dir.name}/last.pt"}
-    test_set = task.test_dataset() if ctx.is_main else None
+    test_set = task.fold_test_dataset(fold) if ctx.is_main else None
     if test_set is not None and (fold_dir / "best.pt").is_file():
         model.load_state_dict(read_checkpoint(fold_dir / "best.pt", device).state_dict)
         test_loader = make_loader(test_set, cfg, ctx, train=False, epoch=0, device=device)
         result["test_metrics"] = evaluate(task, model, test_loader)
+        state.best_agreement.update(_agreement(task, "test"))
         write_fold_files(fold_dir, cfg, task, fold, state, test_metrics=result["test_metrics"],
                          test_confusion=task.confusion_matrices())
         log.info("fold %d test (best epoch %s): %s", fold, state.best_epoch,
@@ -529,10 +533,21 @@ def write_fold_files(fold_dir: Path, cfg: TrainConfig, task: Task, fold: int, st
         notes = {"run": cfg.name, "fold": fold, "model": cfg.model.name, "gates": cfg.model.gates,
                  "routing": cfg.routing.enabled, "epochs": f"{state.epochs_done}/{cfg.train.epochs}",
                  "best epoch": state.best_epoch, task.primary_metric: state.best_metric}
+        if getattr(task, "paper_comparable", None):
+            notes["comparable to the paper"] = task.paper_comparable
         notes.update({f"test {k}": v for k, v in (test_metrics or {}).items()
                       if k == task.primary_metric or "mae" in k})
+        clinician = {"validation": state.best_metrics}
+        if test_metrics:
+            clinician["test"] = test_metrics
         write_fold_report(fold_dir / "report.html", f"{cfg.name} - fold {fold}", state.history,
-                          confusion, notes)
+                          confusion, notes, clinician=clinician, agreement=state.best_agreement)
+
+
+def _agreement(task: Task, name: str) -> dict:
+    """{name: (predicted, true)} per frame from the task's latest evaluation, when it keeps them."""
+    pairs = getattr(task, "agreement_pairs", lambda: None)()
+    return {name: pairs} if pairs is not None else {}
 
 
 def ordered_row(row: dict) -> dict:

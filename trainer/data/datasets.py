@@ -1,6 +1,7 @@
 """torch Datasets over indexed samples; items are (inputs dict, targets dict) of tensors."""
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 
@@ -11,11 +12,12 @@ from torch.utils.data import Dataset
 from pipeline.errors import DataError
 from pipeline.prep import SizerInputSpec, prepare_sizer_inputs
 from pipeline.sizeclass import binary_index, clip_size, triclass_index
-from .augment import PairedAugment
+from .augment import PairedAugment, warp_image
+from .depth import load_frame_depth
 from pipeline.fov import FovMaskCache, estimate_fov_mask
 from .images import read_image_rgb
 from .records import SampleRecord
-from .sampling import sample_per_polyp
+from .sampling import drop_sparse_polyps, sample_per_polyp
 
 log = logging.getLogger("hagview.data")
 
@@ -27,21 +29,26 @@ class SizerDataset(Dataset):
     """Sizer training/validation items from sample records.
 
     Item: inputs {stream: float32 (3,S,S)} as `prepare_sizer_inputs` makes them, targets
-    {"size_mm": float32 (1,) clipped to the method's 0.5..20 mm (matches the model's (N,1)
+    {"size_mm": float32 (1,) clipped to 0.5..20 mm (ours; the reference rescales without
+    clipping and clamps its predictions instead, `decision.clamp_mm`) (matches the model's (N,1)
     output once batched), "triclass": int64, "binary": int64, "sample_index": int64 (the
     record in `self.samples` the item came from, for per-polyp evaluation)}.
 
     frames_per_polyp: when set, each epoch uses that many samples per polyp, redrawn by
     `set_epoch(epoch)` (sampling "random"), or a fixed evenly spaced subset ("uniform").
     An image that cannot be read is logged once and replaced by another sample, so one bad
-    file never stops an epoch; DataError only if many in a row fail.
+    file never stops an epoch; DataError only if many in a row fail. With a depth stream, each
+    frame's depth map is read from beside the frames (`trainer.data.depth`) and warped with
+    the frame by the augmentation; a missing depth map is a DataError naming the file.
+    min_frames_per_polyp: polyps with fewer samples are dropped (the reference drops polyps
+    with a single frame from training and validation).
     """
 
     def __init__(self, samples: Sequence[SampleRecord], spec: SizerInputSpec,
                  augment: PairedAugment | None = None, fov_cache: FovMaskCache | None = None, *,
                  frames_per_polyp: int | None = None, sampling: str = "random",
-                 sampling_seed: int = 0):
-        self.all_samples = list(samples)
+                 sampling_seed: int = 0, min_frames_per_polyp: int = 1):
+        self.all_samples = drop_sparse_polyps(samples, min_frames_per_polyp)
         if not self.all_samples:
             raise DataError("sizer dataset: no samples")
         self.spec = spec
@@ -89,13 +96,20 @@ class SizerDataset(Dataset):
             fov = (self.fov_cache.get(sample.video, image) if self.fov_cache is not None
                    else estimate_fov_mask(image))
         box = np.asarray(sample.box, dtype=np.float64)[None]
+        depth = None
+        if "depth" in self.spec.streams:
+            depth = load_frame_depth(sample.image_path, sample.video, (image.shape[1], image.shape[0]))
         if self.augment is not None:
             rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+            geometry_rng = copy.deepcopy(rng)      # the same draw, for the depth map
             aug_image, aug_box, aug_fov = self.augment(image, box, rng, mask=fov)
             bw, bh = aug_box[0, 2] - aug_box[0, 0], aug_box[0, 3] - aug_box[0, 1]
             if bw >= 2 and bh >= 2:      # the box survived (not pushed out of the frame)
                 image, box, fov = aug_image, aug_box, aug_fov
-        batch = prepare_sizer_inputs(image, box, self.spec, fov_mask=fov)
+                if depth is not None:
+                    depth = warp_image(depth, self.augment.geometry((image.shape[1], image.shape[0]),
+                                                                    geometry_rng))
+        batch = prepare_sizer_inputs(image, box, self.spec, fov_mask=fov, depth=depth)
         inputs = {name: torch.from_numpy(arr[0]) for name, arr in batch.items()}
         size = float(sample.size_mm)
         targets = {

@@ -64,3 +64,15 @@ class PolypFrameSampler:
     def epoch(self, epoch: int) -> list[SampleRecord]:
         return sample_per_polyp(self.samples, self.per_polyp, seed=self.seed, epoch=epoch,
                                 strategy=self.strategy)
+
+
+def drop_sparse_polyps(samples: Iterable[SampleRecord], min_frames: int) -> list[SampleRecord]:
+    """The samples of polyps with at least `min_frames` frames (the reference's sampler skips
+    polyps with one frame: min_frames 2)."""
+    samples = list(samples)
+    if min_frames <= 1:
+        return samples
+    counts: dict[str, int] = {}
+    for s in samples:
+        counts[s.polyp_id] = counts.get(s.polyp_id, 0) + 1
+    return [s for s in samples if counts[s.polyp_id] >= min_frames]

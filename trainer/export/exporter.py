@@ -88,6 +88,8 @@ def describe_outputs(model: nn.Module, kind: str, metadata: Mapping[str, Any]) -
     }
     if kind == "sizer":
         outputs["size_classes"] = bundle_format.size_class_description()
+        if metadata.get("decision"):     # clamp and test-time diminutive threshold (config decision)
+            outputs["decision"] = dict(metadata["decision"])
         # the class names of the `logits` columns, in order (tri-class or binary), when trained with them
         classes = (metadata.get("outputs") or {}).get("classes")
         if "logits" in output_names:

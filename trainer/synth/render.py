@@ -272,6 +272,7 @@ class Renderer:
                          for c in range(3)])
 
         truths = self._polyps(out, full_t, position, rotation, gain, regions)
+        self.last_depth = full_t      # ray distance in mm with the polyps drawn in (depth maps)
         kx = int(round(float(blur_px[0])))
         ky = int(round(float(blur_px[1])))
         if kx > 1 or ky > 1:

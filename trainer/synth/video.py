@@ -25,6 +25,7 @@ class SynthFrame:
     time: float                       # seconds from the start (index / fps)
     image: np.ndarray                 # RGB uint8 HxWx3
     polyps: list[GroundTruthBox]      # visible polyps only
+    depth: np.ndarray | None = None   # float32 HxW distance along each pixel's ray, mm
 
 
 class SyntheticVideo:
@@ -88,7 +89,8 @@ class SyntheticVideo:
         boxes = [GroundTruthBox(polyp_id=t.polyp_id, box=t.box, diameter_mm=t.diameter_mm,
                                 distance_mm=t.distance_mm, visible_fraction=t.visible_fraction)
                  for t in truths]
-        return SynthFrame(index=index, time=time_s, image=image, polyps=boxes)
+        return SynthFrame(index=index, time=time_s, image=image, polyps=boxes,
+                          depth=self._renderer.last_depth)
 
     def frames(self, start: int = 0) -> Iterator[SynthFrame]:
         for index in range(start, self.num_frames):

@@ -4,6 +4,8 @@ Per run (see docs/design.md):
   lesion_info.csv, video_info.csv
   <video>_frames/<video>_<i>.jpg, <video>_annotations/<video>_<i>.xml (Pascal VOC)
   <video>.mp4 (H.264), <video>.gt.json, <video>.gt.txt (MOTChallenge)
+  with depth=True also <video>_depth/<video>_<i>.png: the renderer's exact depth (ray distance)
+  as 16-bit PNG in 1/16 mm (trainer.data.depth), for the sizer's depth stream
 The whole run is built in a temporary directory beside the output and renamed into place when
 complete, so an interrupted run leaves nothing under the final name.
 """
@@ -23,6 +25,7 @@ from pipeline.errors import ConfigError
 from pipeline.fsutil import atomic_dir
 from pipeline.progress import Progress
 from pipeline.videowriter import H264Writer
+from ..data.depth import write_depth_png
 from .config import SynthConfig, config_to_dict
 from .difficulty import is_difficult_box
 from .video import SyntheticVideo
@@ -83,7 +86,7 @@ def _csv_text(columns: list[str], rows: list[list]) -> str:
 
 
 def write_video(video: SyntheticVideo, out_dir: Path, progress: Progress | None = None,
-                encoder_threads: int | None = None) -> dict:
+                encoder_threads: int | None = None, depth: bool = False) -> dict:
     """Render `video` into `out_dir` (which must be a directory being built, not a final one).
 
     Returns its video_info row values and lesion rows.
@@ -94,6 +97,9 @@ def write_video(video: SyntheticVideo, out_dir: Path, progress: Progress | None 
     notes_dir = out_dir / f"{name}_annotations"
     frames_dir.mkdir(parents=True, exist_ok=True)
     notes_dir.mkdir(parents=True, exist_ok=True)
+    depth_dir = out_dir / f"{name}_depth"
+    if depth:
+        depth_dir.mkdir(parents=True, exist_ok=True)
     quality = [int(cv2.IMWRITE_JPEG_QUALITY), int(video.cfg.jpeg_quality)]
     gt_frames = []
     mot_rows = []
@@ -105,6 +111,8 @@ def write_video(video: SyntheticVideo, out_dir: Path, progress: Progress | None 
             if not ok:
                 raise ConfigError(f"{name}: JPEG encoding failed for frame {frame.index}")
             (frames_dir / f"{name}_{frame.index}.jpg").write_bytes(jpeg.tobytes())
+            if depth:
+                write_depth_png(depth_dir / f"{name}_{frame.index}.png", frame.depth)
             objects = []
             difficult = [is_difficult_box(gt.box, gt.visible_fraction, width) for gt in frame.polyps]
             for gt, hard in zip(frame.polyps, difficult):
@@ -139,7 +147,7 @@ def write_video(video: SyntheticVideo, out_dir: Path, progress: Progress | None 
 
 def generate_dataset(out_dir: str | os.PathLike, cfg: SynthConfig, videos: int = 1, seed: int = 0,
                      progress: bool = True, overwrite: bool = False,
-                     encoder_threads: int | None = None) -> list[str]:
+                     encoder_threads: int | None = None, depth: bool = False) -> list[str]:
     """Render `videos` videos into `out_dir` and return their names.
 
     `out_dir` must not exist or be empty unless `overwrite` (then it is replaced as a whole
@@ -161,7 +169,7 @@ def generate_dataset(out_dir: str | os.PathLike, cfg: SynthConfig, videos: int =
             vseed = video_seed(seed, i)
             video = SyntheticVideo(cfg, seed=vseed, name=name)
             bar.extra = name
-            write_video(video, tmp, bar, encoder_threads)
+            write_video(video, tmp, bar, encoder_threads, depth=depth)
             site_rng = np.random.default_rng(vseed)
             for p in video.polyps:
                 lesion_rows.append([unique_id(name, p.id), name, f"{p.diameter_mm:.1f}",

@@ -49,6 +49,10 @@ class Task(ABC):
         """A held-out test set evaluated with each fold's best checkpoint (None: no test set)."""
         return None
 
+    def fold_test_dataset(self, fold: int) -> Dataset | None:
+        """The test set of `fold` (a fold-dependent split may hold one out); default: `test_dataset()`."""
+        return self.test_dataset()
+
     @abstractmethod
     def main_loss(self, outputs: dict[str, torch.Tensor], targets: dict) -> torch.Tensor:
         """The loss of the main pass (and of the plain step when routing is off)."""

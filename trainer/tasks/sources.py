@@ -55,20 +55,23 @@ def synth_config_from(scfg: SyntheticConfig):
     return cfg
 
 
-def synthetic_cache_key(scfg: SyntheticConfig) -> str:
+def synthetic_cache_key(scfg: SyntheticConfig, depth: bool = False) -> str:
     synth_cfg = synth_config_from(scfg)
     recipe = {"synth": synth_config_to_dict(synth_cfg), "videos": scfg.videos, "seed": scfg.seed,
               "version": SYNTH_CACHE_VERSION, "generator": _generator_fingerprint()}
+    if depth:    # only then, so caches without depth keep their keys
+        recipe["depth"] = True
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def ensure_synthetic_dataset(scfg: SyntheticConfig, progress: bool = True) -> Path:
-    """The cached data set for these settings; generated first if it is not there yet."""
+def ensure_synthetic_dataset(scfg: SyntheticConfig, progress: bool = True, depth: bool = False) -> Path:
+    """The cached data set for these settings; generated first if it is not there yet.
+    depth: with the generator's depth maps (`<video>_depth/`, for a sizer's depth stream)."""
     from ..synth import generate_dataset
 
     cache = Path(scfg.cache_dir).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
-    key = synthetic_cache_key(scfg)
+    key = synthetic_cache_key(scfg, depth)
     target = cache / f"synth-{key}"
     with open(cache / f".synth-{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -77,16 +80,16 @@ def ensure_synthetic_dataset(scfg: SyntheticConfig, progress: bool = True) -> Pa
             synth_cfg = synth_config_from(scfg)
             # generate_dataset renders into a temporary directory and renames it when complete.
             generate_dataset(target, synth_cfg, videos=scfg.videos, seed=scfg.seed, progress=progress,
-                             overwrite=target.exists())
+                             overwrite=target.exists(), depth=depth)
             write_json_atomic(target / "recipe.json", {"synth": synth_config_to_dict(synth_cfg),
                                                        "videos": scfg.videos, "seed": scfg.seed,
                                                        "generator": _generator_fingerprint()})
     return target
 
 
-def data_root(source: DataSourceConfig, progress: bool = True) -> str:
+def data_root(source: DataSourceConfig, progress: bool = True, depth: bool = False) -> str:
     if source.kind == "synthetic":
-        return str(ensure_synthetic_dataset(source.synthetic, progress=progress))
+        return str(ensure_synthetic_dataset(source.synthetic, progress=progress, depth=depth))
     if source.root is None:
         raise ConfigError(f"data kind '{source.kind}' needs a root directory")
     return str(Path(source.root).expanduser())
@@ -102,12 +105,13 @@ def read_source(source: DataSourceConfig, *, negatives: bool = False, **kwargs) 
 
 
 def read_one_source(source: DataSourceConfig, *, negatives: bool = False,
-                progress: bool = True) -> tuple[DatasetIndex, str]:
+                progress: bool = True, depth: bool = False) -> tuple[DatasetIndex, str]:
     """(index, root) of a data source; DataError when it holds no polyp boxes with sizes.
 
     negatives: keep frames without polyps in `index.frames` (a detector needs them).
+    depth: synthetic data is generated with depth maps (real data must bring its own).
     """
-    root = data_root(source, progress)
+    root = data_root(source, progress, depth)
     kwargs = {"root": root, "negatives": negatives}
     if source.kind in ("sun", "sun_seg"):
         kwargs.update(case_pattern=source.case_pattern, size_table=source.size_table)
