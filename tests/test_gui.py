@@ -88,9 +88,17 @@ def settle(seconds: float) -> None:
         time.sleep(0.01)
 
 
-def open_viewer(source: str, tmp_path: Path, *, sizer=None, boxes=None):
+def open_viewer(source: str, tmp_path: Path, *, sizer=None, boxes=None, truth_at: dict | None = None):
+    """`truth_at`: filled with {frame index: ground truth} of every frame the pipeline sends out."""
     config = load_run_config(None, {"source.demo_loop": False})
     bridge = PipelineBridge(config=config, sizer=sizer, boxes=boxes, stats_interval_s=0.2)
+    if truth_at is not None:
+        deliver = bridge._on_result
+
+        def recording(session, result):
+            truth_at[result.frame.index] = result.frame.ground_truth
+            deliver(session, result)
+        bridge._on_result = recording
     window = ViewerWindow(bridge, ViewerOptions(source=source, output_dir=tmp_path / "out"))
     window.resize(1000, 600)
     window.show()
@@ -128,7 +136,8 @@ def best_match(truth, box):
 
 # --- the demo: overlay, track panel, overlay toggle, pause/step, snapshot, recording ---------
 def test_demo_window_shows_polyps_and_controls_work(qapp, tmp_path, sizer_bundle):
-    bridge, window = open_viewer("demo", tmp_path, sizer=sizer_bundle)
+    truth_at = {}
+    bridge, window = open_viewer("demo", tmp_path, sizer=sizer_bundle, truth_at=truth_at)
     try:
         wait_for(lambda: window.video.frames_painted >= 25 and window.panel.history.tracks and any(
             r.confirmed and r.missed == 0 and r.estimate is not None for r in window.latest.tracks),
@@ -139,18 +148,21 @@ def test_demo_window_shows_polyps_and_controls_work(qapp, tmp_path, sizer_bundle
         wait_for(lambda: window.state == "paused", what="paused state")
         settle(0.4)
 
-        # The overlay: each confirmed track seen on this frame sits on a ground-truth polyp, and
-        # its class colour is painted around that box in the grabbed window.
+        # The overlay: each confirmed track seen sits on a ground-truth polyp of the frame it was
+        # computed for, and its class colour is painted around its box in the grabbed window.
+        # The overlay is the newest one ready when the shown frame went out, so on a busy machine
+        # it can be frames older than the shown frame (the polyp has moved on since): the boxes
+        # given here are the generator's own, so on their frame they match it exactly.
         result = window.video.result
         seen = [r for r in result.tracks if r.confirmed and r.missed == 0 and r.estimate is not None]
         assert seen
-        truth = result.frame.ground_truth
+        truth = truth_at[result.overlay_frame_index]
         shot = qimage_to_rgb(window.grab().toImage())
         counts = {}
         for report in seen:
-            best, overlap = best_match(truth, report.box)
-            assert overlap > 0.3, "tracks follow the demo's ground-truth boxes"
-            region = box_in_window(window, best.box)
+            _, overlap = best_match(truth, report.box)
+            assert overlap > 0.9, "tracks carry the demo's ground-truth boxes of their frame"
+            region = box_in_window(window, report.box)
             counts[report.track_id] = colour_pixels(shot, track_colour(report), region)
             assert counts[report.track_id] >= 12, f"no class colour around polyp {report.track_id}"
 
@@ -181,8 +193,7 @@ def test_demo_window_shows_polyps_and_controls_work(qapp, tmp_path, sizer_bundle
         assert not window.video.overlay_enabled
         clean = qimage_to_rgb(window.grab().toImage())
         for report in seen:
-            best, _ = best_match(truth, report.box)
-            gone = colour_pixels(clean, track_colour(report), box_in_window(window, best.box))
+            gone = colour_pixels(clean, track_colour(report), box_in_window(window, report.box))
             assert gone <= counts[report.track_id] // 4, (gone, counts[report.track_id])
         QTest.keyClick(window, Qt.Key.Key_O)
         assert window.video.overlay_enabled
