@@ -14,8 +14,8 @@ from PyQt6.QtGui import QColor, QFont, QPainter, QPainterPath, QPen, QPolygonF
 from PyQt6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QVBoxLayout,
                              QWidget)
 
-from pipeline.overlay import CLASS_COLOURS
-from pipeline.types import FrameResult
+from pipeline.overlay import CLASS_COLOURS, size_text
+from pipeline.types import FrameResult, SizeEstimate
 from pipeline.sizeclass import DIMINUTIVE_MAX_MM, LARGE_MIN_MM
 
 GONE_AFTER_S = 1.0     # a track not reported for this long is listed as out of view
@@ -35,10 +35,7 @@ class TrackRecord:
     first_seen: float
     last_seen: float
     last_frame: int
-    size_class: str | None = None
-    size_mm: float | None = None
-    low_mm: float | None = None
-    high_mm: float | None = None
+    estimate: SizeEstimate | None = None     # the newest: size, interval and class shown together
     frames_seen: int = 0
     frames_sized: int = 0
     visible: bool = True                # matched by a detection on the newest report
@@ -81,8 +78,7 @@ class TrackHistory:
                 record.frames_sized += 1
             est = report.estimate
             if est is not None:
-                record.size_class, record.size_mm = est.size_class, est.size_mm
-                record.low_mm, record.high_mm = est.low_mm, est.high_mm
+                record.estimate = est
                 if record.visible:
                     record.points.append(SizePoint(self.now, est.size_mm, est.low_mm, est.high_mm))
         reported = {r.track_id for r in result.tracks if r.confirmed}
@@ -186,7 +182,8 @@ class TrackRow(QFrame):
         row.addLayout(text, 1)
 
     def show_record(self, record: TrackRecord, in_view: bool) -> None:
-        rgb = CLASS_COLOURS[record.size_class if record.size_class in CLASS_COLOURS else None]
+        est = record.estimate
+        rgb = CLASS_COLOURS[est.size_class if est is not None and est.size_class in CLASS_COLOURS else None]
         colour = QColor(*rgb)
         if not in_view:
             colour = colour.darker(170)
@@ -194,11 +191,10 @@ class TrackRow(QFrame):
             self._colour = colour.name()
             self.stripe.setStyleSheet(f"background: {self._colour}; border-radius: 2px;")
             self.title.setStyleSheet(f"color: {self._colour};")
-        if record.size_mm is None:
+        if est is None:
             title = f"#{record.track_id}   sizing..."
         else:
-            title = (f"#{record.track_id}   {record.size_mm:.1f} mm  "
-                     f"[{record.low_mm:.1f}\u2013{record.high_mm:.1f}]   {record.size_class}")
+            title = f"#{record.track_id}   " + size_text(est, dash="\u2013")
         state = "in view" if in_view else "out of view"
         detail = (f"{state} \u00b7 seen {record.first_seen:.1f}\u2013{record.last_seen:.1f} s "
                   f"\u00b7 {record.frames_sized} frames sized")
@@ -234,13 +230,24 @@ class TrackPanel(QWidget):
         self.list.itemSelectionChanged.connect(self._selection_changed)
         self.empty = QLabel("No polyp tracked yet.", self)
         self.empty.setStyleSheet("color: #8a8e98;")
+        # What the size interval is calibrated on (or that it is not): under the list.
+        self.note = QLabel("", self)
+        self.note.setWordWrap(True)
+        self.note.setStyleSheet("color: #8a8e98; font-size: 11px;")
+        self.note.hide()
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
         layout.addWidget(self.header)
         layout.addWidget(self.empty)
         layout.addWidget(self.list, 1)
+        layout.addWidget(self.note)
         self._rows: dict[int, tuple[QListWidgetItem, TrackRow]] = {}
         self.setMinimumWidth(330)
+
+    def set_interval_note(self, text: str) -> None:
+        """E.g. "90% interval calibrated on synthetic data (...)"; empty hides it."""
+        self.note.setText(f"Sizes: {text}" if text else "")
+        self.note.setVisible(bool(text))
 
     def add_result(self, result: FrameResult) -> None:
         self.history.update(result)

@@ -17,7 +17,7 @@ from PyQt6.QtCore import QPointF, QRectF, QSize, Qt, pyqtSignal
 from PyQt6.QtGui import QColor, QFont, QFontMetricsF, QImage, QPainter, QPen
 from PyQt6.QtWidgets import QSizePolicy, QWidget
 
-from pipeline.overlay import SYNTHETIC_MARK, track_colour
+from pipeline.overlay import SYNTHETIC_MARK, size_text, track_colour
 from pipeline.types import FrameResult, TrackReport
 
 PAINT_STAMP = "painted"          # Frame.stamps key: perf_counter() when the frame was on screen
@@ -89,7 +89,7 @@ def track_text(report: TrackReport) -> str:
     est = report.estimate
     if est is None:
         return f"#{report.track_id}  sizing..."
-    return f"#{report.track_id}  {est.size_mm:.1f} mm [{est.low_mm:.1f}\u2013{est.high_mm:.1f}]  {est.size_class}"
+    return f"#{report.track_id}  " + size_text(est, dash="\u2013")
 
 
 def paint_overlay(painter: QPainter, tracks: list[TrackReport], target: QRectF, image_size: tuple[int, int], *,

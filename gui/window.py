@@ -343,6 +343,7 @@ class ViewerWindow(QMainWindow):
         self.synthetic = bool(models.get("synthetic"))
         self.video.synthetic = self.synthetic
         self.synthetic_label.setVisible(self.synthetic)
+        self.panel.set_interval_note(str(models.get("interval") or ""))
         self.backend_label.setText(info.backend)
         text, tip = self._models_text(models)
         self.models_label.setText(text)

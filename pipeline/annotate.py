@@ -356,6 +356,7 @@ def annotate_input(spec: str, directory: Path, make_analysis, options: AnnotateO
             summary = {"input": spec,
                        "sizer": model_info["sizer"]["path"] if model_info["sizer"] else "none (tracking only)",
                        "boxes from": model_info["detector"]["path"] if model_info["detector"] else f"given: {boxes}",
+                       "size interval": getattr(analysis, "interval_note", "") or "none (tracking only)",
                        "frames": writer.frames_written, "frames analysed": writer.frames_analysed,
                        "duration (s)": round(source.duration or 0.0, 3),
                        "processing fps": round(writer.frames_written / elapsed, 2) if elapsed > 0 else None,

@@ -27,6 +27,9 @@ A bundle is a directory with
     provenance       {"config", "data", "metrics", "git_commit": str | null, "date": ISO 8601 UTC,
                       "synthetic_training_data": bool, "clinical_use": false, "note": str,
                       "exporter": {...}}
+    calibration      (sizers, optional) the size interval's calibration on held-out data:
+                      levels, half-widths by sized frames, the data it came from
+                      (pipeline.calibration, made by `python -m trainer.calibrate`)
     files            {file name: sha256 hex}   every file the bundle consists of
 
 ``outputs.layout`` for an external ONNX detector (``architecture`` null, no weights)::
@@ -340,6 +343,10 @@ def _validate_manifest(manifest: Any, manifest_path: Path) -> None:
             req(isinstance(outputs.get("inverse", False), bool), "outputs.inverse must be true or false")
     else:
         req(WEIGHTS_NAME in files, f"files does not list {WEIGHTS_NAME}")
+    if "calibration" in manifest:
+        from pipeline.calibration import validate_block     # size intervals (sizers), see there
+        req(manifest["kind"] == "sizer", "only a sizer bundle carries a calibration")
+        validate_block(manifest, manifest_path)
 
 
 def _validate_layout(layout: Any, output_names: list[str], manifest_path: Path) -> None:

@@ -1,7 +1,9 @@
 """Burnt-in overlays for exported video and snapshots (the viewer draws its own vectors).
 
 Each confirmed track: its box coloured by size class, a label with the id, the smoothed size
-with its interval and the class; a coasting track (not seen on this frame) is drawn dashed-thin.
+with its interval and the class the interval admits (`size_text`, the one label the viewer, its
+track panel and the burnt-in video all print); a coasting track (not seen on this frame) is drawn
+dashed-thin.
 When a model was trained on synthetic data a banner says so on every frame, so an exported
 clip can never be mistaken for a clinically valid result.
 """
@@ -12,29 +14,39 @@ import numpy as np
 
 from pipeline.sizeclass import TRICLASS_NAMES
 
-from .types import TrackReport
+from .smoothing import SIZE_CLAIMS
+from .types import SizeEstimate, TrackReport
 
 SYNTHETIC_MARK = "SYNTHETIC-TRAINED MODEL - NOT FOR CLINICAL USE"
 
-# RGB, chosen to stay apart on pink/red mucosa: green, amber, magenta; grey before a size exists.
+# RGB, chosen to stay apart on pink/red mucosa: green, amber, magenta; cyan while the interval
+# straddles a class boundary; grey before a size exists.
+BOUNDARY_COLOUR = (90, 210, 255)
 CLASS_COLOURS: dict[str | None, tuple[int, int, int]] = {
     "diminutive": (60, 220, 90),
     "small": (255, 190, 40),
     "large": (255, 60, 200),
     None: (200, 200, 200),
+    **{claim: BOUNDARY_COLOUR for claim in SIZE_CLAIMS.values() if claim not in TRICLASS_NAMES},
 }
-assert set(TRICLASS_NAMES) <= set(CLASS_COLOURS)
+assert set(SIZE_CLAIMS.values()) <= set(CLASS_COLOURS)
 
 
 def track_colour(report: TrackReport) -> tuple[int, int, int]:
     return CLASS_COLOURS[report.estimate.size_class if report.estimate is not None else None]
 
 
+def size_text(est: SizeEstimate, dash: str = "-") -> str:
+    """"6.5 mm [4.8-8.0] diminutive or small": size, interval and the class they admit, from one
+    estimate (so they cannot disagree); `dash` for fonts that have an en dash."""
+    return f"{est.size_mm:.1f} mm [{est.low_mm:.1f}{dash}{est.high_mm:.1f}] {est.size_class}"
+
+
 def track_label(report: TrackReport) -> str:
     est = report.estimate
     if est is None:
         return f"#{report.track_id}"
-    return f"#{report.track_id} {est.size_mm:.1f} mm [{est.low_mm:.1f}-{est.high_mm:.1f}] {est.size_class}"
+    return f"#{report.track_id} {size_text(est)}"
 
 
 def _text(image: np.ndarray, text: str, org: tuple[int, int], scale: float, colour, thickness: int,

@@ -15,17 +15,25 @@ and sometimes fail outright. The estimate is therefore:
   follows a real change (the polyp comes closer and the sizer sees it better) without being led
   by one frame.
 
-Uncertainty interval (`confidence_level`, default 90%): mu +/- z * se in log space, with
-se = 1.026 * sigma / sqrt(sum of weights). 1.026 is sqrt(1 / 0.95), the Huber estimator's
-asymptotic variance relative to the mean at k = 1.345. sigma, the per-frame log-error sd at
-weight 1, is the MAD of the standardised residuals shrunk towards `prior_log_sd` with
-`prior_frames` pseudo-frames, so the first few frames get a sensible width instead of zero. The
-interval narrows as 1/sqrt(frames) down to `min_halfwidth_ratio`: consecutive frames are
-correlated and the sizer has its own bias, so it never claims more precision than that.
+Uncertainty interval (`confidence_level`, default 90%), in log space around the estimate:
+- with a calibration (pipeline.calibration, from the sizer bundle): the half-width calibrated on
+  held-out polyps for an estimate made of n sized frames. The error of a track's estimate is
+  mostly the sizer's own and shared by its frames, so that half-width stops shrinking at a floor
+  instead of going as 1/sqrt(n);
+- without one: z * sqrt(se^2 + uncalibrated_log_sd^2), where se = 1.026 * sigma / sqrt(sum of
+  weights) is the frames' own scatter (1.026 = sqrt(1 / 0.95), the Huber estimator's variance
+  relative to the mean at k = 1.345; sigma is the MAD of the standardised residuals shrunk
+  towards `prior_log_sd` with `prior_frames` pseudo-frames) and uncalibrated_log_sd stands for
+  the sizer's shared error, which no number of frames averages away. Reports say such an
+  interval is not calibrated.
 
-Hysteresis: the class shown changes only when the estimate is past a class boundary by the factor
-`hysteresis_mm_ratio` (in log space: |log(s / boundary)| > log(ratio)) on `switch_after_frames`
-consecutive samples.
+The class shown names the interval, so it never contradicts the size beside it (issue 13): the
+classes the interval [low, high] touches (`size_claim`: "small", or "diminutive or small" while
+it straddles 5 mm). The values are also taken rounded to the 0.1 mm that labels print, so a label
+reading "[5.0-6.3]" never says only "small". Hysteresis only ever errs towards caution: a claim
+widens at once when the interval reaches another class, and narrows only when the interval,
+widened by `hysteresis_mm_ratio` on both sides, stays within the narrower claim for
+`switch_after_frames` consecutive samples.
 """
 from __future__ import annotations
 
@@ -36,6 +44,7 @@ from statistics import NormalDist
 
 import numpy as np
 
+from pipeline.calibration import TrackInterval
 from pipeline.errors import ConfigError
 from pipeline.sizeclass import MAX_SIZE_MM, MIN_SIZE_MM, TRICLASS_NAMES, triclass_index
 
@@ -57,6 +66,45 @@ def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     return float(v[np.searchsorted(cum, 0.5 * cum[-1])])
 
 
+# The claim shown for an interval touching classes lo..hi (triclass indices).
+SIZE_CLAIMS: dict[tuple[int, int], str] = {
+    (0, 0): "diminutive", (1, 1): "small", (2, 2): "large",
+    (0, 1): "diminutive or small", (1, 2): "small or large", (0, 2): "diminutive, small or large"}
+CLAIM_SPANS = {name: span for span, name in SIZE_CLAIMS.items()}
+
+
+def claimed_classes(claim: str) -> tuple[str, ...]:
+    """The triclass names a shown claim admits ("small or large" -> ("small", "large"))."""
+    lo, hi = CLAIM_SPANS[claim]
+    return TRICLASS_NAMES[lo:hi + 1]
+
+
+def _span(low_mm: float, high_mm: float, ratio: float = 1.0) -> tuple[int, int]:
+    """Classes touched by [low / ratio, high * ratio], exact and as printed to 0.1 mm."""
+    low, high = low_mm / ratio, high_mm * ratio
+    return (min(triclass_index(low), triclass_index(round(low, 1))),
+            max(triclass_index(high), triclass_index(round(high, 1))))
+
+
+def size_claim(low_mm: float, high_mm: float) -> str:
+    """The claim that names every class the interval touches (no hysteresis)."""
+    return SIZE_CLAIMS[_span(low_mm, high_mm)]
+
+
+def claim_contradicts(size_mm: float, low_mm: float, high_mm: float, claim: str) -> str | None:
+    """Why a shown (size, interval, claim) contradicts itself, or None: the claim must admit the
+    class of the size and of every size in the interval, exactly and as printed to 0.1 mm."""
+    if claim not in CLAIM_SPANS:
+        return f"unknown class {claim!r}"
+    if not low_mm <= size_mm <= high_mm:
+        return f"size {size_mm} outside its interval [{low_mm}, {high_mm}]"
+    lo, hi = CLAIM_SPANS[claim]
+    need_lo, need_hi = _span(low_mm, high_mm)
+    if need_lo < lo or need_hi > hi:
+        return f"[{low_mm:.1f}-{high_mm:.1f}] mm reaches {SIZE_CLAIMS[(need_lo, need_hi)]} but the label says {claim}"
+    return None
+
+
 def count_class_flips(sizes_mm) -> int:
     """Changes of the triclass between consecutive values (for flips-per-100-frames figures)."""
     classes = np.asarray(triclass_index(np.asarray(sizes_mm, dtype=np.float64))).ravel()
@@ -66,18 +114,20 @@ def count_class_flips(sizes_mm) -> int:
 class SizeSmoother:
     """One track's size: `add(size_mm, confidence, quality) -> SizeEstimate`.
 
+    interval: the calibrated half-widths (pipeline.calibration.interval_for) or None
+    (uncalibrated, see the module doc); not a run-config key, it comes with the sizer bundle.
     window: most recent samples kept. half_life: samples after which a sample's weight halves
-    (None: no forgetting). hysteresis_mm_ratio: factor past a class boundary needed to change the
-    class shown. switch_after_frames: consecutive samples past it needed. confidence_level: of the
-    interval. prior_log_sd / prior_frames: per-frame log-error sd assumed before data says
-    otherwise, and how many frames that assumption is worth. min_halfwidth_ratio: the interval
-    is never narrower than size / ratio .. size * ratio.
+    (None: no forgetting). hysteresis_mm_ratio: how far (as a factor) the interval must clear a
+    class boundary before the claim shown narrows. switch_after_frames: consecutive samples it
+    must do so. confidence_level: of the interval. prior_log_sd / prior_frames: per-frame
+    log-error sd assumed before data says otherwise, and how many frames that assumption is
+    worth. uncalibrated_log_sd: the sizer's shared log error assumed without a calibration.
     """
 
-    def __init__(self, *, window: int = 150, half_life: float | None = 60.0,
-                 hysteresis_mm_ratio: float = 1.1, switch_after_frames: int = 5,
+    def __init__(self, interval: TrackInterval | None = None, *, window: int = 150,
+                 half_life: float | None = 60.0, hysteresis_mm_ratio: float = 1.1, switch_after_frames: int = 5,
                  confidence_level: float = 0.9, prior_log_sd: float = 0.25, prior_frames: float = 3.0,
-                 min_halfwidth_ratio: float = 1.03):
+                 uncalibrated_log_sd: float = 0.25):
         def bad(name, value, what):
             raise ConfigError(f"SizeSmoother: {name} must be {what}, got {value!r}")
 
@@ -96,22 +146,25 @@ class SizeSmoother:
             bad("prior_log_sd", prior_log_sd, "a number > 0 (sd of log-size errors, 0.25 ~ 25%)")
         if not (isinstance(prior_frames, (int, float)) and prior_frames >= 0):
             bad("prior_frames", prior_frames, "a number >= 0")
-        if not (isinstance(min_halfwidth_ratio, (int, float)) and min_halfwidth_ratio >= 1.0):
-            bad("min_halfwidth_ratio", min_halfwidth_ratio, "a factor >= 1")
+        if not (isinstance(uncalibrated_log_sd, (int, float)) and uncalibrated_log_sd > 0):
+            bad("uncalibrated_log_sd", uncalibrated_log_sd, "a number > 0 (log-size error shared by a track's frames)")
+        if interval is not None and abs(interval.level - confidence_level) > 1e-9:
+            bad("confidence_level", confidence_level, f"the calibrated interval's level {interval.level:g}")
+        self.interval = interval
         self.window = int(window)
         self.half_life = None if half_life is None else float(half_life)
-        self.hysteresis_log_margin = math.log(hysteresis_mm_ratio)
         self.switch_after_frames = int(switch_after_frames)
         self.z = NormalDist().inv_cdf(0.5 + confidence_level / 2)
         self.prior_log_sd = float(prior_log_sd)
         self.prior_frames = float(prior_frames)
-        self.min_log_halfwidth = math.log(min_halfwidth_ratio)
+        self.uncalibrated_log_sd = float(uncalibrated_log_sd)
+        self.hysteresis_ratio = float(hysteresis_mm_ratio)
 
         self._log_sizes: deque[float] = deque(maxlen=self.window)
         self._weights: deque[float] = deque(maxlen=self.window)
         self._frames_added = 0
-        self._shown_class: int | None = None
-        self._pending_class: int | None = None
+        self._shown_class: tuple[int, int] | None = None
+        self._pending_class: tuple[int, int] | None = None
         self._pending_count = 0
         self._estimate: SizeEstimate | None = None
         self._invalid_samples = 0
@@ -146,10 +199,11 @@ class SizeSmoother:
         self._weights.append(weight)
         self._frames_added += 1
         mu, half = self._robust_log_estimate()
-        self._update_class(mu)
+        low, high = math.exp(mu - half), math.exp(mu + half)
+        self._update_class(low, high)
         self._estimate = SizeEstimate(
-            size_mm=math.exp(mu), low_mm=math.exp(mu - half), high_mm=math.exp(mu + half),
-            size_class=TRICLASS_NAMES[self._shown_class], frames_used=len(self._log_sizes))
+            size_mm=math.exp(mu), low_mm=low, high_mm=high,
+            size_class=SIZE_CLAIMS[self._shown_class], frames_used=len(self._log_sizes))
         return self._estimate
 
     def _robust_log_estimate(self) -> tuple[float, float]:
@@ -176,19 +230,22 @@ class SizeSmoother:
                 mu = new_mu
                 break
             mu = new_mu
+        if self.interval is not None:
+            return mu, self.interval.halfwidth(len(x))
         se = _HUBER_SE_FACTOR * sigma / math.sqrt(float(np.sum(w)))
-        return mu, max(self.z * se, self.min_log_halfwidth)
+        return mu, self.z * math.sqrt(se ** 2 + self.uncalibrated_log_sd ** 2)
 
-    def _update_class(self, mu: float) -> None:
-        size = math.exp(mu)
-        if self._shown_class is None:
-            self._shown_class = triclass_index(size)
+    def _update_class(self, low: float, high: float) -> None:
+        exact = _span(low, high)
+        shown = self._shown_class
+        if shown is None or exact[0] < shown[0] or exact[1] > shown[1]:
+            # The interval reaches a class the claim leaves out: widen now, with the margin,
+            # so it does not have to widen again on the next wobble.
+            self._shown_class = _span(low, high, self.hysteresis_ratio) if shown is not None else exact
+            self._pending_class, self._pending_count = None, 0
             return
-        ratio = math.exp(self.hysteresis_log_margin)
-        up = triclass_index(size / ratio)
-        down = triclass_index(size * ratio)
-        candidate = up if up > self._shown_class else down if down < self._shown_class else self._shown_class
-        if candidate == self._shown_class:
+        candidate = _span(low, high, self.hysteresis_ratio)     # narrower only with the margin
+        if candidate == shown or not (candidate[0] >= shown[0] and candidate[1] <= shown[1]):
             self._pending_class, self._pending_count = None, 0
             return
         if candidate == self._pending_class:
@@ -203,16 +260,17 @@ class SizeSmoother:
 class TrackSizer:
     """Size smoothers by track id: `add(track_id, size_mm, confidence, quality) -> SizeEstimate`.
 
-    Keyword arguments are passed to every new `SizeSmoother`. Call `retain(ids)` with the ids the
+    `interval` and the keyword arguments are passed to every new `SizeSmoother`. Call `retain(ids)` with the ids the
     tracker still remembers (`Tracker.remembered_ids`) so a re-identified polyp keeps its history
     and deleted tracks free their state.
     """
 
-    def __init__(self, **smoother_kwargs):
+    def __init__(self, interval: TrackInterval | None = None, **smoother_kwargs):
         try:
-            SizeSmoother(**smoother_kwargs)     # validate once, here, with the caller's arguments
+            SizeSmoother(interval, **smoother_kwargs)     # validate once, here, with the caller's arguments
         except TypeError as exc:
             raise ConfigError(f"TrackSizer: {exc}") from None
+        self.interval = interval
         self._kwargs = smoother_kwargs
         self._smoothers: dict[int, SizeSmoother] = {}
 
@@ -220,7 +278,7 @@ class TrackSizer:
             quality: float = 1.0) -> SizeEstimate | None:
         smoother = self._smoothers.get(track_id)
         if smoother is None:
-            smoother = self._smoothers[track_id] = SizeSmoother(**self._kwargs)
+            smoother = self._smoothers[track_id] = SizeSmoother(self.interval, **self._kwargs)
         return smoother.add(size_mm, confidence, quality)
 
     def estimate(self, track_id: int) -> SizeEstimate | None:

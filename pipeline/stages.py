@@ -249,7 +249,8 @@ class Analysis:
         if sizer is not None:    # the border test looks at the crop the sizer actually sees
             quality["box_grow"] = sizer.spec.box_grow
         # The size interval: calibrated for the sizer with boxes found this way, when the bundle says how.
-        self.interval = interval_for(sizer, given_boxes=boxes is not None, level=config.smooth.confidence_level)
+        self.interval = interval_for(sizer, given_boxes=boxes is not None, level=config.smooth.confidence_level,
+                                     detector=detector)
         self.interval_note = "" if sizer is None else (
             self.interval.note if self.interval else uncalibrated_note(config.smooth.confidence_level))
         self.preprocess = PreprocessStage(config.preprocess.fov_masking, config.preprocess.fov_refresh_frames)
