@@ -12,6 +12,7 @@ from pathlib import Path
 from pipeline.types import FrameResult
 from pipeline.errors import DataError
 from pipeline.fsutil import atomic_path, write_json_atomic
+from pipeline.provenance import mark_text
 
 from .video import render_annotated, wrap_rgb
 
@@ -61,6 +62,6 @@ def save_snapshot(result: FrameResult, directory: str | Path, *, synthetic: bool
     write_json_atomic(files.tracks, {
         "source": source, "frame_index": frame.index, "time_s": round(frame.pts, 6),
         "overlay_frame_index": result.overlay_frame_index, "width": frame.size[0], "height": frame.size[1],
-        "synthetic_model": synthetic, "models": models or {}, "tracks": tracks,
+        "model_mark": mark_text(synthetic), "models": models or {}, "tracks": tracks,
         "raw_png": files.raw.name, "overlay_png": files.annotated.name})
     return files

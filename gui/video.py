@@ -17,7 +17,8 @@ from PyQt6.QtCore import QPointF, QRectF, QSize, Qt, pyqtSignal
 from PyQt6.QtGui import QColor, QFont, QFontMetricsF, QImage, QPainter, QPen
 from PyQt6.QtWidgets import QSizePolicy, QWidget
 
-from pipeline.overlay import SYNTHETIC_MARK, size_text, track_colour
+from pipeline.overlay import size_text, track_colour
+from pipeline.provenance import mark_text
 from pipeline.types import FrameResult, TrackReport
 
 PAINT_STAMP = "painted"          # Frame.stamps key: perf_counter() when the frame was on screen
@@ -137,7 +138,7 @@ def paint_overlay(painter: QPainter, tracks: list[TrackReport], target: QRectF, 
         painter.setPen(colour)
         painter.drawText(label, Qt.AlignmentFlag.AlignCenter, text)
     if synthetic:
-        _banner(painter, target, SYNTHETIC_MARK, QColor(170, 20, 20, 215), font, metrics, bottom=True)
+        _banner(painter, target, mark_text(synthetic), QColor(170, 20, 20, 215), font, metrics, bottom=True)
     painter.restore()
 
 

@@ -19,6 +19,7 @@ from PyQt6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QInputDialog, 
 
 from pipeline.errors import HagviewError
 from pipeline.fsutil import atomic_path
+from pipeline.provenance import about_text
 
 from .bridge import PipelineBridge, SourceInfo
 from .recorder import RECORD_MODES
@@ -173,6 +174,7 @@ class ViewerWindow(QMainWindow):
         self.act_demo = self._action("Open the demo", "Ctrl+D", lambda: self.open_source("demo"))
         self.act_quit = self._action("Quit", QKeySequence.StandardKey.Quit, self.close)
         self.act_help = self._action("Keyboard shortcuts", Qt.Key.Key_F1, self.show_shortcuts)
+        self.act_about = self._action("About the models", None, self.show_about)
 
     def _button(self, action: QAction, text_beside: bool = True) -> QToolButton:
         button = QToolButton(self)
@@ -302,7 +304,9 @@ class ViewerWindow(QMainWindow):
         view = menu.addMenu("&View")
         for action in (self.act_overlay, self.act_panel, self.act_fullscreen):
             view.addAction(action)
-        menu.addMenu("&Help").addAction(self.act_help)
+        help_menu = menu.addMenu("&Help")
+        help_menu.addAction(self.act_help)
+        help_menu.addAction(self.act_about)
 
     # --- pipeline events --------------------------------------------------------------------
     def _on_frame(self) -> None:
@@ -340,9 +344,14 @@ class ViewerWindow(QMainWindow):
         self.seek_bar.setRange(0, int((info.duration or 0) * 1000))
         self.speed.setEnabled(not info.live)
         models = info.model_info or {}
-        self.synthetic = bool(models.get("synthetic"))
+        # the banner text (pipeline.provenance.model_mark) travels as the `synthetic` flag
+        self.synthetic = models.get("mark") or False
+        self.models = models
         self.video.synthetic = self.synthetic
-        self.synthetic_label.setVisible(self.synthetic)
+        self.synthetic_label.setVisible(bool(self.synthetic))
+        if self.synthetic:
+            self.synthetic_label.setText("\u26a0 " + self.synthetic.split(" - ")[0])
+            self.synthetic_label.setToolTip(about_text(models))
         self.panel.set_interval_note(str(models.get("interval") or ""))
         self.backend_label.setText(info.backend)
         text, tip = self._models_text(models)
@@ -360,7 +369,8 @@ class ViewerWindow(QMainWindow):
         for kind in ("detector", "sizer"):
             entry = models.get(kind)
             if entry:
-                short.append(str(entry.get("architecture") or entry.get("name")))
+                data = ", ".join(entry.get("data") or [])
+                short.append(str(entry.get("architecture") or entry.get("name")) + (f" ({data})" if data else ""))
                 full.append(f"{kind}: {entry.get('path')} ({entry.get('architecture')}"
                             f"{', synthetic training data' if entry.get('synthetic') else ''})")
         if models.get("boxes"):
@@ -544,6 +554,9 @@ class ViewerWindow(QMainWindow):
 
     def toggle_fullscreen(self) -> None:
         self.act_fullscreen.setChecked(not self.act_fullscreen.isChecked())
+
+    def show_about(self) -> None:
+        QMessageBox.information(self, "About hagview's models", about_text(getattr(self, "models", None)))
 
     def show_shortcuts(self) -> None:
         rows = "".join(f"<tr><td><b>{keys}</b></td><td>&nbsp;&nbsp;{what}</td></tr>" for keys, what in SHORTCUT_HELP)

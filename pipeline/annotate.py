@@ -337,7 +337,7 @@ def annotate_input(spec: str, directory: Path, make_analysis, options: AnnotateO
         analysis, model_info, boxes = make_analysis()
         with atomic_dir(directory) as tmp:
             os.chmod(tmp, _directory_mode())     # mkdtemp makes it private; the result is an ordinary folder
-            writer = AnnotationWriter(tmp, render=options.render, mot=options.mot, synthetic=model_info["synthetic"],
+            writer = AnnotationWriter(tmp, render=options.render, mot=options.mot, synthetic=model_info.get("mark") or False,
                                       fps=source.fps, thumb_size=config.output.thumbnail_size,
                                       crf=config.output.render_crf, preset=config.output.render_preset,
                                       line_width=config.output.overlay_line_width, truth=ground_truth_of(spec, boxes))

@@ -26,6 +26,9 @@ A bundle is a directory with
                       "layout": {...} (external ONNX detectors only, see below)}
     provenance       {"config", "data", "metrics", "git_commit": str | null, "date": ISO 8601 UTC,
                       "synthetic_training_data": bool, "clinical_use": false, "note": str,
+                      "datasets": [every training data set: name, kind, title, licence, citation,
+                      real, weight...] (pipeline.provenance), "real_training_data": bool,
+                      "imagenet_init": {weights, source, licence} | null,
                       "exporter": {...}}
     calibration      (sizers, optional) the size interval's calibration on held-out data:
                       levels, half-widths by sized frames, the data it came from
@@ -63,6 +66,7 @@ from typing import Any, Iterable, Mapping
 
 from pipeline import sizeclass
 from pipeline.errors import BundleError
+from pipeline.provenance import imagenet_init, training_datasets
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +129,15 @@ OUTPUT_MEANINGS = {
 def provenance_record(metadata: Mapping[str, Any], commit: str | None, exporter: Mapping[str, Any]) -> dict:
     """Provenance from checkpoint metadata (docs/design.md): config, data, metrics, commit, date."""
     data = dict(metadata.get("data") or {})
-    synthetic = bool(data.get("synthetic", data.get("kind") == "synthetic"))
+    config = metadata.get("config") or {}
+    datasets = training_datasets(config, data)
+    if datasets:
+        synthetic, real = any(not d["real"] for d in datasets), any(d["real"] for d in datasets)
+    else:
+        synthetic = bool(data.get("synthetic", data.get("kind") == "synthetic"))
+        real = not synthetic
     return {
-        "config": metadata.get("config") or {},
+        "config": config,
         "data": data,
         "metrics": metadata.get("metrics") or {},
         "epoch": metadata.get("epoch"),
@@ -136,8 +146,11 @@ def provenance_record(metadata: Mapping[str, Any], commit: str | None, exporter:
         "git_commit": commit,
         "date": utc_now_iso(),
         "synthetic_training_data": synthetic,
+        "real_training_data": real,
+        "datasets": datasets,
+        "imagenet_init": imagenet_init(config, metadata.get("imagenet_init")),
         "clinical_use": False,
-        "note": SYNTHETIC_NOTE if synthetic else RESEARCH_NOTE,
+        "note": RESEARCH_NOTE if real else SYNTHETIC_NOTE,
         "exporter": dict(exporter),
     }
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
+from .provenance import data_names, model_mark, uses_real_data
 from .sizing import TrackSizingStage, sizing_policy
 from .stages import Analysis, BoxProvider
 
@@ -25,6 +26,7 @@ def _bundle_info(bundle, path) -> dict[str, Any]:
     return {"path": str(path), "name": Path(path).name,
             "architecture": getattr(bundle, "architecture", None),
             "synthetic": bool(getattr(bundle, "synthetic_training_data", False)),
+            "real": uses_real_data(provenance), "data": data_names(provenance),
             "clinical_use": bool(provenance.get("clinical_use", False))}
 
 
@@ -39,7 +41,9 @@ def build_analysis(config: RunConfig, *, sizer: str | Path | None = None, detect
     (pipeline.depth) a sizer with a depth stream needs.
 
     model_info: {"sizer": {...} | None, "detector": {...} | None, "boxes": str | None,
-    "synthetic": bool (any model trained on synthetic data), "backend": engine names,
+    "synthetic": bool (any model trained on synthetic data), "mark": the banner every shown or
+    exported frame carries (pipeline.provenance.model_mark; None without a model), each model's
+    "data": its training data names and "real": whether real data was among them, "backend": engine names,
     "interval": what the size interval is calibrated on ("" without a sizer)}.
     """
     threads = config.runtime.inference_threads or (1 if offline else None)
@@ -67,6 +71,7 @@ def build_analysis(config: RunConfig, *, sizer: str | Path | None = None, detect
         info["detector"] = _bundle_info(found.bundle, detector)
         backends.append(found.engine.name)
     info["synthetic"] = any(m and m["synthetic"] for m in (info["sizer"], info["detector"]))
+    info["mark"] = model_mark([info["sizer"], info["detector"]])
     info["backend"] = "+".join(dict.fromkeys(backends)) or None
     analysis = Analysis(config, detector=found, boxes=provider, sizer=sizing)
     info["interval"] = analysis.interval_note      # what the size interval is calibrated on

@@ -4,8 +4,9 @@ Each confirmed track: its box coloured by size class, a label with the id, the s
 with its interval and the class the interval admits (`size_text`, the one label the viewer, its
 track panel and the burnt-in video all print); a coasting track (not seen on this frame) is drawn
 dashed-thin.
-When a model was trained on synthetic data a banner says so on every frame, so an exported
-clip can never be mistaken for a clinically valid result.
+Every frame carries the models' mark (`pipeline.provenance.model_mark`: synthetic-trained or
+research model, not for clinical use), so an exported clip can never be mistaken for a
+clinically valid result.
 """
 from __future__ import annotations
 
@@ -14,10 +15,9 @@ import numpy as np
 
 from pipeline.sizeclass import TRICLASS_NAMES
 
+from .provenance import mark_text
 from .smoothing import SIZE_CLAIMS
 from .types import SizeEstimate, TrackReport
-
-SYNTHETIC_MARK = "SYNTHETIC-TRAINED MODEL - NOT FOR CLINICAL USE"
 
 # RGB, chosen to stay apart on pink/red mucosa: green, amber, magenta; cyan while the interval
 # straddles a class boundary; grey before a size exists.
@@ -62,9 +62,10 @@ def _text(image: np.ndarray, text: str, org: tuple[int, int], scale: float, colo
     cv2.putText(image, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness, cv2.LINE_AA)
 
 
-def draw_overlay(image: np.ndarray, tracks: list[TrackReport], *, synthetic: bool = False,
+def draw_overlay(image: np.ndarray, tracks: list[TrackReport], *, synthetic: bool | str = False,
                  line_width: int = 0, copy: bool = True) -> np.ndarray:
-    """The frame (RGB uint8) with the tracks drawn; a new array unless `copy=False`."""
+    """The frame (RGB uint8) with the tracks drawn; a new array unless `copy=False`.
+    synthetic: the models' mark (model_info["mark"]), or True for the synthetic-only mark."""
     out = image.copy() if copy else image
     height, width = out.shape[:2]
     scale = max(0.35, min(width, height) / 900.0)
@@ -77,8 +78,8 @@ def draw_overlay(image: np.ndarray, tracks: list[TrackReport], *, synthetic: boo
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick if report.missed == 0 else max(1, thick // 2),
                       cv2.LINE_AA)
         _text(out, track_label(report), (x1, y1 - 4), scale, colour, max(1, thick // 2))
-    if synthetic:
+    if mark_text(synthetic):
         # Bottom right: endoscopy towers print their own text on the left of the black border.
-        _text(out, SYNTHETIC_MARK, (width, height - 6), scale * 0.9, (255, 255, 255), max(1, thick // 2),
+        _text(out, mark_text(synthetic), (width, height - 6), scale * 0.9, (255, 255, 255), max(1, thick // 2),
               background=(160, 0, 0))
     return out

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 from pipeline.charts import html_page, html_table, svg_bland_altman, svg_line_plot
 from pipeline.size_metrics import CLASS_LABELS
 
-from .overlay import SYNTHETIC_MARK
+from .provenance import mark_text
 
 MAX_PLOT_POINTS = 600     # longer series are thinned evenly: the page stays light for long videos
 
@@ -81,7 +81,7 @@ def report_html(title: str, summary: Mapping[str, Any], polyps: Sequence[Mapping
                 accuracy: Mapping[str, Any] | None = None) -> str:
     parts = []
     if synthetic:
-        parts.append(f"<p style='color:#a00;font-weight:bold'>{html.escape(SYNTHETIC_MARK)}</p>")
+        parts.append(f"<p style='color:#a00;font-weight:bold'>{html.escape(mark_text(synthetic))}</p>")
     parts.append("<h2>Summary</h2>" + html_table([summary], list(summary.keys())))
     parts.append("<h2>Polyps</h2>")
     if not polyps:
