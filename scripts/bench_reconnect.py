@@ -53,7 +53,8 @@ def measure(kind: str, down_s: float, repeats: int, overrides: list[str]) -> dic
         finally:
             pipe.stop()
             server.stop()
-        runs.append({k: result[k] for k in ("no_signal_s", "reconnect_s", "frames_while_down", "running_while_down")}
+        runs.append({k: result[k] for k in ("no_signal_s", "backlog_s", "no_signal_after_last_frame_s", "reconnect_s",
+                                            "frames_while_down", "running_while_down")}
                     | {"reconnects": result["source_counters"]["reconnects"]})
     out = {"kind": kind, "url_scheme": server.url.split(":")[0], "runs": runs}
     for key in ("no_signal_s", "reconnect_s"):

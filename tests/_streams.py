@@ -206,19 +206,24 @@ def loss_and_return(server: StreamServer, pipeline, watcher: Watcher, *, frames_
     """Play `server`'s stream in the started `pipeline` (a LivePipeline reporting to `watcher`),
     kill the server, wait `down_s`, start it again, and measure:
     - no_signal_s: from the kill to the "no signal" state;
+    - backlog_s: from the kill to the last frame the display got before that (frames already
+      sent, which a reader behind the stream still hands out; ~0 unless the machine is starved);
+    - no_signal_after_last_frame_s: what the pipeline itself guarantees (no_signal_after_s);
     - reconnect_s: from the server being ready again to the first frame the display gets.
     The server must be running already."""
     watcher.wait(lambda: len(watcher.frames) >= frames_before, timeout, f"{frames_before} frames")
     killed = server.stop()
     watcher.wait(lambda: watcher.first_state_since(killed, "no signal") is not None, timeout, "no signal")
     lost_at = watcher.first_state_since(killed, "no signal")[0]
+    last_frame = max(t for t, _ in list(watcher.frames) if t <= lost_at)
     time.sleep(max(0.0, killed + down_s - time.monotonic()))
     running_while_down = pipeline.error is None and all(t.is_alive() for t in pipeline._threads)
     frames_while_down = len(watcher.frames_since(lost_at))
     ready = server.start()
     watcher.wait(lambda: len(watcher.frames_since(ready)) >= frames_after, timeout, f"{frames_after} frames after the return")
     after = watcher.frames_since(ready)
-    return {"kind": server.kind, "no_signal_s": lost_at - killed, "reconnect_s": after[0][0] - ready,
+    return {"kind": server.kind, "no_signal_s": lost_at - killed, "backlog_s": max(0.0, last_frame - killed),
+            "no_signal_after_last_frame_s": lost_at - last_frame, "reconnect_s": after[0][0] - ready,
             "down_s": down_s, "frames_while_down": frames_while_down, "running_while_down": running_while_down,
             "states_after_return": [s.state for when, s in list(watcher.states) if when >= ready],
             "indices": [i for _, i in list(watcher.frames)], "source_counters": dict(pipeline.source.counters)}

@@ -68,9 +68,12 @@ def test_live_pipeline_plays_a_stream_and_survives_losing_its_server(server):
         pipe.stop()
     assert pipe.error is None
     s = config.source
-    # The watchdog reports "no signal" `no_signal_after_s` (1 s) after the last frame; the last
-    # frame comes at most a few frame periods after the kill (what the sockets still held).
-    assert result["no_signal_s"] <= 2.0, result
+    # The watchdog reports "no signal" `no_signal_after_s` (1 s) after the last frame (0.5 s
+    # allowed for its wake-up on a busy machine). The last frame comes right after the kill
+    # unless the reader had fallen behind the stream (a starved machine): only that backlog may
+    # push "no signal" past 2 s after the kill.
+    assert result["no_signal_after_last_frame_s"] <= s.no_signal_after_s + 0.5, result
+    assert result["no_signal_s"] <= 2.0 + result["backlog_s"], result
     assert result["running_while_down"] and result["frames_while_down"] == 0, result
     # The return is found by the next attempt: a back-off wait (at most reconnect_max_s) plus an
     # attempt already under way (at most open_timeout_s) plus the new connection's own opening.
@@ -152,7 +155,7 @@ def test_hagview_command_plays_an_rtsp_stream_on_a_real_x_server(tmp_path, xvfb)
 def test_viewer_window_shows_frames_again_after_the_stream_returns(tmp_path):
     """In the (offscreen) window: "no signal" while the sender is gone, painted frames after."""
     _need("udp")
-    from PyQt6.QtCore import QEventLoop
+    from PyQt6.QtCore import QEventLoop, Qt
     from PyQt6.QtWidgets import QApplication
 
     from gui.bridge import PipelineBridge
@@ -171,6 +174,17 @@ def test_viewer_window_shows_frames_again_after_the_stream_returns(tmp_path):
 
     with StreamServer("udp", seconds=90, log_dir=tmp_path) as srv:
         bridge = PipelineBridge(config=load_run_config(None), detector=default_bundle("detector"))
+        # States as the pipeline emits them (a starved GUI thread may take several in one go).
+        emitted, last_read = [], [0.0]
+        bridge.state_changed.connect(lambda state, message: emitted.append((time.monotonic(), state)),
+                                     Qt.ConnectionType.DirectConnection)
+        deliver = bridge._on_result
+
+        def reading(session, result):        # the capture thread hands a frame to the viewer
+            if not any(s == "no signal" for _, s in emitted):
+                last_read[0] = time.monotonic()
+            deliver(session, result)
+        bridge._on_result = reading
         window = ViewerWindow(bridge, ViewerOptions(source=srv.url, output_dir=tmp_path / "out"))
         window.resize(800, 600)
         window.show()
@@ -178,8 +192,11 @@ def test_viewer_window_shows_frames_again_after_the_stream_returns(tmp_path):
             bridge.open(srv.url)
             wait_for(lambda: window.video.frames_painted >= 10, "frames painted")
             killed = srv.stop()
-            lost = wait_for(lambda: window.state == "no signal", "no signal")
-            assert lost - killed <= 2.0
+            wait_for(lambda: any(t >= killed and s == "no signal" for t, s in emitted), "no signal")
+            lost = next(t for t, s in emitted if t >= killed and s == "no signal")
+            # 1 s after the last frame read (see above); the viewer hands out what was already sent.
+            assert lost - killed <= 2.0 + max(0.0, last_read[0] - killed)
+            assert lost - last_read[0] <= load_run_config(None).source.no_signal_after_s + 0.5
             painted = window.video.frames_painted
             ready = srv.start()
             wait_for(lambda: window.video.frames_painted >= painted + 10 and window.state == "playing",
