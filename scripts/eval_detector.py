@@ -215,10 +215,19 @@ def write_overlays(folder: Path, frames: list[Evaluated], threshold: float, limi
     return written
 
 
-def trained_on(bundle, label: str) -> bool:
-    """Whether the bundle's provenance lists a training data set named `label`."""
-    datasets = bundle.provenance.get("datasets") or []
-    return any(isinstance(d, dict) and d.get("name") == label for d in datasets)
+def trained_on(bundle, label: str, centre: str | None = None) -> bool:
+    """Whether the bundle's provenance lists `label` (and, for a PolypGen centre such as
+    `polypgen/C3`, that centre: a leave-one-centre-out model lists the centres it used)."""
+    for d in bundle.provenance.get("datasets") or []:
+        if not isinstance(d, dict) or d.get("name") != label:
+            continue
+        centres = (d.get("options") or {}).get("centres")
+        if centre is None or centres is None:
+            return True
+        listed = centres.split(",") if isinstance(centres, str) else list(centres)
+        if centre.rsplit("/", 1)[-1].upper() in {str(c).strip().upper() for c in listed}:
+            return True
+    return False
 
 
 def evenly(items: list, limit: int | None) -> list:
@@ -293,11 +302,14 @@ def main(argv=None) -> int:
         label = source_key(frames[0]) if frames and frames[0].source else kind
         evaluated, unreadable = evaluate_records(detector, frames, label, progress)
         polyp_frames += evaluated
+        seen = sorted({f.source for f in frames if f.source})
+        used = [c for c in (seen or [None]) if trained_on(bundle, label, c if c != label else None)]
         report["datasets"][label] = {"kind": kind, "root": str(path), "skipped_by_reader": len(index.skipped),
                                      "reader_warnings": len(index.warnings), "unreadable": unreadable,
-                                     "trained_on": trained_on(bundle, label)}
-        if report["datasets"][label]["trained_on"]:
-            log.warning("%s is listed as training data of %s: these are not held-out figures", label, bundle.path)
+                                     "trained_on": bool(used)}
+        if used:
+            log.warning("%s is listed as training data of %s: these are not held-out figures",
+                        ", ".join(c or label for c in used), bundle.path)
 
     negative_frames: list[Evaluated] = []
     for path in args.negatives:
@@ -328,7 +340,8 @@ def main(argv=None) -> int:
         if len(centres) > 1 or next(iter(centres)) != label:
             entry["centres"] = {}
             for centre, part in sorted(centres.items()):
-                entry["centres"][centre] = metrics(part, threshold)
+                entry["centres"][centre] = {**metrics(part, threshold),
+                                            "trained_on": trained_on(bundle, label, centre)}
                 print(row(f"  {centre}", entry["centres"][centre]))
     for label, frames in by_key(negative_frames, lambda f: f.group).items():
         entry = negative_metrics(frames, threshold)

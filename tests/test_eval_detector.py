@@ -135,6 +135,19 @@ def test_trained_on_flag_and_bad_arguments(tmp_path):
     report = _run(tmp_path, "--data", f"kvasir_seg:{tmp_path / 'kvasir'}", "--bundle", str(bundle),
                   "--synthetic-negatives", "0")
     assert report["datasets"]["kvasir_seg"]["trained_on"] is True
+    # leave one centre out: a model trained on C1 and C2 is held out on C4 only
+    manifest["provenance"]["datasets"] = [{"name": "polypgen", "options": {"centres": ["C1", "C2"]}}]
+    (bundle / "bundle.json").write_text(json.dumps(manifest))
+    polypgen_layout(tmp_path / "polypgen")
+    report = _run(tmp_path / "all", "--data", f"polypgen:{tmp_path / 'polypgen'}", "--bundle", str(bundle),
+                  "--synthetic-negatives", "0")
+    centres = report["datasets"]["polypgen"]["centres"]
+    assert {c: centres[c]["trained_on"] for c in centres} == {"polypgen/C1": True, "polypgen/C2": True,
+                                                              "polypgen/C4": False}
+    assert report["datasets"]["polypgen"]["trained_on"] is True
+    report = _run(tmp_path / "c4", "--data", f"polypgen:{tmp_path / 'polypgen'}", "--bundle", str(bundle),
+                  "--centres", "C4", "--synthetic-negatives", "0")
+    assert report["datasets"]["polypgen"]["trained_on"] is False
     script = _script()
     assert script.main(["--data", "kvasir:/x", "--no-progress"]) == 2
     assert script.main(["--synthetic-negatives", "0", "--no-progress"]) == 2
