@@ -37,6 +37,8 @@ from pipeline.errors import ConfigError, HagviewError, describe_error
 from pipeline.fsutil import atomic_dir, check_writable_dir, write_json_atomic, write_text_atomic
 from pipeline.progress import Progress
 
+from .archive import (Task, clear_failure, parse_shard, record_failure, run_jobs, shard_indices, threads_per_job,
+                      write_summary)
 from .config import load_run_config, run_config_to_dict
 from .overlay import draw_overlay
 from .report import report_html, thin_indices
@@ -68,8 +70,8 @@ class AnnotateOptions:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = ArgumentParser(prog=PROG, description="Annotate recorded endoscopy videos: track polyps, "
                                 "size them per track, write per-frame results, a report and optionally a video.")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files (or 'demo')")
-    p.add_argument("--out", required=True, help="output directory (one sub-directory per input)")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="video files (or 'demo')")
+    p.add_argument("--out", help="output directory (one sub-directory per input)")
     add_run_options(p)
     p.add_argument("--depth-bundle", help="depth model bundle (pipeline.depth), for a sizer with a depth stream")
     p.add_argument("--boxes", action="append", metavar="FILE",
@@ -79,11 +81,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--render", action="store_true", help="also write annotated.mp4 (H.264, burnt-in overlay)")
     p.add_argument("--mot", action="store_true", help="also write mot.txt (MOTChallenge tracks)")
     p.add_argument("--every", type=int, default=1, metavar="N", help="analyse every Nth frame (default 1)")
-    p.add_argument("--resume", action="store_true", help="skip inputs whose output is already complete")
+    p.add_argument("--resume", action="store_true",
+                   help="skip inputs whose output is already complete (re-running a failed shard is safe)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="annotate N inputs at once in worker processes, the cores shared between them (default 1)")
+    p.add_argument("--shard", metavar="K/N", help="annotate only the K-th of N round-robin slices of the inputs, "
+                   "K from 0 (a job array's task index: SLURM_ARRAY_TASK_ID, JOB_COMPLETION_INDEX)")
+    p.add_argument("--summary", metavar="DIR", help="no annotation: merge the outputs in DIR (of every shard) into "
+                   "DIR/summary.html and summary.json (polyps per video, sizes, classes, failures)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    if args.summary is not None:
+        if args.inputs or args.out:
+            p.error("--summary DIR takes no inputs and no --out (it reads DIR)")
+        return args
+    if not args.inputs or not args.out:
+        p.error("give one or more INPUTs and --out DIR (or --summary DIR)")
     if args.every < 1:
         p.error(f"--every must be >= 1, got {args.every}")
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.shard is not None:
+        parse_shard(args.shard)
     return args
 
 
@@ -322,7 +341,8 @@ def ground_truth_of(spec: str, boxes: str | None):
     return read_ground_truth_json(found) if found is not None else None
 
 
-def annotate_input(spec: str, directory: Path, make_analysis, options: AnnotateOptions, config) -> dict[str, Any]:
+def annotate_input(spec: str, directory: Path, make_analysis, options: AnnotateOptions, config,
+                   on_progress=None) -> dict[str, Any]:
     """Annotate one input into `directory` (built under a temporary name). Returns run.json.
 
     `make_analysis()` -> (Analysis, model_info, boxes path or None) is called once the input
@@ -342,11 +362,16 @@ def annotate_input(spec: str, directory: Path, make_analysis, options: AnnotateO
                                       crf=config.output.render_crf, preset=config.output.render_preset,
                                       line_width=config.output.overlay_line_width, truth=ground_truth_of(spec, boxes))
             progress = Progress(total, unit="frames", label=directory.name, rate_unit="fps",
-                                enabled=not options.quiet)
+                                enabled=not options.quiet and on_progress is None)
+
+            def frame_done() -> None:
+                progress.update()
+                if on_progress is not None:     # a worker process reports to the job board
+                    on_progress(progress.done, total)
             try:
                 stats = run_offline(source, analysis, writer, every=options.every,
                                     queue_capacity=config.runtime.offline_queue_capacity,
-                                    on_frame_done=progress.update)
+                                    on_frame_done=frame_done)
             except BaseException:
                 writer.abort()
                 progress.enabled = False
@@ -384,9 +409,42 @@ def input_error(spec: str, exc: BaseException) -> str:
     return f"{spec}: {describe_error(exc)}"
 
 
+def plan_tasks(inputs: list[str], out: Path, boxes_list: list[str]) -> list[Task]:
+    """One Task per input, in order; output names are made over the whole list (so a shard of it
+    names its outputs as the whole run would)."""
+    taken: set[str] = set()
+    return [Task(index=i, spec=spec, name=(name := output_name(spec, taken)), directory=out / name,
+                 boxes=(AUTO_BOXES if boxes_list == [AUTO_BOXES] else boxes_list[i]) if boxes_list else None)
+            for i, spec in enumerate(inputs)]
+
+
+def annotate_one(task: Task, settings: dict[str, Any], on_progress=None) -> dict[str, Any]:
+    """Load the models and annotate one input: a worker process's whole job (`--jobs`)."""
+    overrides = list(settings["set"])
+    config = load_run_config(settings["config"], overrides)
+    if settings.get("threads") and not config.runtime.inference_threads:
+        config = load_run_config(settings["config"], overrides + [f"runtime.inference_threads={settings['threads']}"])
+    share_cores_between_threads()
+
+    def make_analysis():
+        boxes = None if task.boxes is None else auto_boxes(task.spec) if task.boxes == AUTO_BOXES else task.boxes
+        analysis, info = build_analysis(config, sizer=settings["sizer"], detector=None if boxes else settings["detector"],
+                                        boxes=boxes, backend=settings["backend"], offline=True,
+                                        depth=settings.get("depth"))
+        return analysis, info, boxes
+    return annotate_input(task.spec, task.directory, make_analysis, settings["options"], config,
+                          on_progress=on_progress)
+
+
 @run_cli(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.summary is not None:
+        summary = write_summary(Path(args.summary))
+        totals = summary["totals"]
+        print(f"{PROG}: {args.summary}: {totals['videos']} videos, {totals['polyps']} polyps, "
+              f"{totals['failed']} failed -> {Path(args.summary) / 'summary.html'}", file=sys.stderr)
+        return EXIT_OK
     options = AnnotateOptions.from_args(args)
     config = load_run_config(args.config, args.set)
     out = check_writable_dir(args.out)
@@ -403,39 +461,64 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("no detector bundle (none given, no committed demo bundle): "
                           "pass --detector BUNDLE or --boxes FILE")
 
-    # Models load once and serve every input; given boxes differ per input.
+    tasks = plan_tasks(args.inputs, out, boxes_list)
+    if args.shard is not None:
+        k, n = parse_shard(args.shard)
+        tasks = [tasks[i] for i in shard_indices(len(tasks), k, n)]
+    todo = []
+    for task in tasks:
+        if args.resume and is_complete(task.directory, render=options.render, mot=options.mot):
+            print(f"{PROG}: {task.spec}: already done in {task.directory} (--resume)", file=sys.stderr)
+        else:
+            todo.append(task)
+    failures = 0
+
+    def succeeded(task: Task, run: dict[str, Any]) -> None:
+        clear_failure(out, task.name)
+
+    def failed(task: Task, message: str) -> None:
+        nonlocal failures
+        failures += 1
+        record_failure(out, task.name, task.spec, message)
+
+    settings = {"config": args.config, "set": list(args.set), "sizer": sizer, "detector": detector,
+                "backend": args.backend, "depth": args.depth_bundle, "options": options}
+    if args.jobs > 1 and len(todo) > 1:
+        jobs = min(args.jobs, len(todo))
+        settings["threads"] = threads = threads_per_job(jobs)
+        os.environ["OMP_NUM_THREADS"] = str(threads)     # the workers' thread pools, set before they start
+        run_jobs(todo, settings, jobs, on_done=succeeded, on_failed=failed, quiet=options.quiet,
+                 prefix=f"{PROG}: ")
+        return EXIT_OK if failures == 0 else EXIT_FAILURE
+
+    # One process: the models load once and serve every input; given boxes differ per input.
     if boxes_list:
         shared, shared_info = build_analysis(config, sizer=sizer, boxes=GROUND_TRUTH_BOXES, backend=args.backend,
                                              offline=True, depth=args.depth_bundle)
     else:
         shared, shared_info = build_analysis(config, sizer=sizer, detector=detector, backend=args.backend,
                                              offline=True, depth=args.depth_bundle)
-
-    taken: set[str] = set()
-    failures = 0
-    for i, spec in enumerate(args.inputs):
-        directory = out / output_name(spec, taken)
-        if args.resume and is_complete(directory, render=options.render, mot=options.mot):
-            print(f"{PROG}: {spec}: already done in {directory} (--resume)", file=sys.stderr)
-            continue
-        def make_analysis(spec=spec, i=i):
-            if not boxes_list:
+    for task in todo:
+        def make_analysis(task=task):
+            if task.boxes is None:
                 return shared, shared_info, None
-            boxes = auto_boxes(spec) if boxes_list == [AUTO_BOXES] else boxes_list[i]
+            boxes = auto_boxes(task.spec) if task.boxes == AUTO_BOXES else task.boxes
             analysis = Analysis(config, boxes=BoxProvider(boxes), sizer=shared.sizer)
             return analysis, {**shared_info, "boxes": boxes}, boxes
 
         try:
-            run = annotate_input(spec, directory, make_analysis, options, config)
-            print(f"{PROG}: {spec}: {run['frames']} frames, {run['polyps']} polyps -> {directory / 'report.html'}",
-                  file=sys.stderr)
+            run = annotate_input(task.spec, task.directory, make_analysis, options, config)
+            succeeded(task, run)
+            print(f"{PROG}: {task.spec}: {run['frames']} frames, {run['polyps']} polyps -> "
+                  f"{task.directory / 'report.html'}", file=sys.stderr)
         except KeyboardInterrupt:
             raise
         except Exception as exc:     # one bad input must not stop the others
             if os.environ.get("HAGVIEW_DEBUG") and not isinstance(exc, (HagviewError, OSError)):
                 raise
-            failures += 1
-            print(f"{PROG}: error: {input_error(spec, exc)}", file=sys.stderr)
+            message = input_error(task.spec, exc)
+            failed(task, message)
+            print(f"{PROG}: error: {message}", file=sys.stderr)
     return EXIT_OK if failures == 0 else EXIT_FAILURE
 
 
