@@ -18,6 +18,16 @@ view, padding and masked-out pixels are all the same black (0) before normalisat
 `(x / 255 - mean) / std` per channel. Both streams are stretched to SxS (not letterboxed):
 the network sees the same geometry in training and serving because both call this function.
 
+`mode: reference` prepares the streams the way cosmoimd/feature-selection-gates does (its
+trainer's `prepare_input` and transforms): the frame is resized to SxS and normalised, then
+multiplied by the fixed circle inscribed in the square (`fov_masking`; an estimated FOV mask is
+not used), so everything outside is 0, the data set's mean colour; `mask` is that frame times
+the box mask resized to SxS (area coverage at the box edges); `rgb` is cut from the same SxS
+frame: the box's pixel extent grown by int(0.5 x extent) per side, clamped to the image, resized
+bilinearly with `align_corners=True`; `depth` is cut from the SxS-resized depth map the same way
+and min-max scaled. (The reference resizes with torchvision's antialiased bilinear filter; area
+averaging here, so values differ slightly.)
+
 Detector input: the frame FOV-masked, letterboxed into SxS with black bars, normalised.
 """
 from __future__ import annotations
@@ -34,6 +44,7 @@ from .errors import ConfigError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STREAM_NAMES = ("rgb", "mask", "depth")
+SIZER_MODES = ("hagview", "reference")
 
 
 def _check_mean_std(name: str, mean, std) -> None:
@@ -71,8 +82,11 @@ class SizerInputSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     fov_masking: bool = True
     box_grow: float = 0.5
+    mode: str = "hagview"                 # "reference": the reference code's geometry (above)
 
     def __post_init__(self):
+        if self.mode not in SIZER_MODES:
+            raise ConfigError(f"sizer input mode {self.mode!r} is not one of {', '.join(SIZER_MODES)}")
         streams = tuple(self.streams)
         object.__setattr__(self, "streams", streams)
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
@@ -87,9 +101,12 @@ class SizerInputSpec:
         _check_mean_std("sizer input", self.mean, self.std)
 
     def to_dict(self) -> dict:
-        return {"streams": list(self.streams), "size": self.size, "mean": list(self.mean),
-                "std": list(self.std), "fov_masking": bool(self.fov_masking),
-                "box_grow": float(self.box_grow), "colour_order": "RGB"}
+        out = {"streams": list(self.streams), "size": self.size, "mean": list(self.mean),
+               "std": list(self.std), "fov_masking": bool(self.fov_masking),
+               "box_grow": float(self.box_grow), "colour_order": "RGB"}
+        if self.mode != "hagview":      # bundles made before the mode existed read as hagview
+            out["mode"] = self.mode
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "SizerInputSpec":
@@ -201,6 +218,8 @@ def prepare_sizer_inputs(image_rgb: np.ndarray, boxes, spec: SizerInputSpec,
     if k == 0:
         return {name: np.zeros((0, 1 if name == "depth" else 3, s, s), dtype=np.float32)
                 for name in spec.streams}
+    if spec.mode == "reference":
+        return _reference_inputs(image_rgb, boxes, spec, depth)
     if spec.fov_masking and fov_mask is None:
         from .fov import estimate_fov_mask
         fov_mask = estimate_fov_mask(image_rgb)
@@ -237,6 +256,66 @@ def prepare_sizer_inputs(image_rgb: np.ndarray, boxes, spec: SizerInputSpec,
         for i, rect in enumerate(rects):
             planes[i, 0] = _min_max(_resize(crop_padded(d, *rect), s, s))
         out["depth"] = planes
+    return {name: out[name] for name in spec.streams}
+
+
+def inscribed_circle(size: int) -> np.ndarray:
+    """float32 SxS: 1 where the reference's circular crop keeps a pixel (radius 1 on a
+    linspace(-1, 1) grid), else 0."""
+    t = np.linspace(-1.0, 1.0, size, dtype=np.float32)
+    return (np.hypot(t[None, :], t[:, None]) <= 1.0).astype(np.float32)
+
+
+def _coverage(lo: float, hi: float, scale: float, n: int) -> np.ndarray:
+    """Share of each of n output pixels (source width 1/scale each) that [lo, hi) covers."""
+    edges = np.arange(n + 1, dtype=np.float64) / scale
+    return (np.clip(np.minimum(edges[1:], hi) - np.maximum(edges[:-1], lo), 0, None) * scale).astype(np.float32)
+
+
+def _crop_align_corners(image: np.ndarray, x0: int, y0: int, x1: int, y1: int, size: int) -> np.ndarray:
+    """image[y0..y1, x0..x1] (inclusive) resized to size x size, bilinear, align_corners=True:
+    output pixel j samples x0 + j (x1 - x0) / (size - 1), pixel centres at integers (cv2.remap)."""
+    mx = np.linspace(x0, x1, size, dtype=np.float32)
+    my = np.linspace(y0, y1, size, dtype=np.float32)
+    map_x = np.broadcast_to(mx[None, :], (size, size)).copy()
+    map_y = np.broadcast_to(my[:, None], (size, size)).copy()
+    return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _reference_inputs(image_rgb: np.ndarray, boxes: np.ndarray, spec: "SizerInputSpec",
+                      depth: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The reference code's streams (module doc, `mode: reference`) for clipped boxes."""
+    h, w = image_rgb.shape[:2]
+    s, k = spec.size, len(boxes)
+    frame = _normalise(_resize(image_rgb, s, s)[None], spec.mean, spec.std)[0].transpose(1, 2, 0)   # S,S,3
+    circle = inscribed_circle(s) if spec.fov_masking else np.ones((s, s), np.float32)
+    frame = frame * circle[:, :, None]
+    small_depth = None
+    if "depth" in spec.streams:
+        depth = np.asarray(depth)
+        if depth.ndim == 3 and depth.shape[2] == 1:
+            depth = depth[:, :, 0]
+        if depth.shape != (h, w):
+            raise ValueError(f"depth map shape {depth.shape} does not match the image {(h, w)}")
+        small_depth = _resize(np.nan_to_num(depth.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0), s, s)
+    out = {name: np.empty((k, 1 if name == "depth" else 3, s, s), np.float32) for name in spec.streams}
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        mask = _coverage(y1, y2, s / h, s)[:, None] * _coverage(x1, x2, s / w, s)[None, :]
+        if "mask" in out:
+            out["mask"][i] = (frame * mask[:, :, None]).transpose(2, 0, 1)
+        ys, xs = np.nonzero(mask > 0)
+        if ys.size == 0:            # an empty box: the reference gives zeros
+            for name in ("rgb", "depth"):
+                if name in out:
+                    out[name][i] = 0.0
+            continue
+        ya, yb, xa, xb = int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())
+        gy, gx = int(spec.box_grow * (yb - ya)), int(spec.box_grow * (xb - xa))
+        rect = (max(0, xa - gx), max(0, ya - gy), min(s - 1, xb + gx), min(s - 1, yb + gy))
+        if "rgb" in out:
+            out["rgb"][i] = _crop_align_corners(frame, *rect, s).transpose(2, 0, 1)
+        if "depth" in out:
+            out["depth"][i, 0] = _min_max(_crop_align_corners(small_depth, *rect, s) * circle)
     return {name: out[name] for name in spec.streams}
 
 

@@ -35,7 +35,7 @@ data:
   train_per_polyp: 6
   val_per_polyp: 6
   val_sampling: random
-  input: {streams: [mask, depth], size: 32}
+  input: {streams: [mask, depth], size: 32, mode: reference}
   synthetic:
     videos: 4
     seed: 5
@@ -180,6 +180,7 @@ def test_masked_frame_and_depth_sizer_trains_exports_and_runs_in_the_pipeline(de
     sizer = load_bundle(tmp_path / "sizer")
     assert list(sizer.input_names) == ["mask", "depth"] and sizer.input_channels == {"mask": 3, "depth": 1}
     assert sizer.outputs["decision"] == {"clamp_mm": [0.5, 22.0], "diminutive_max_mm": 4.75}
+    assert sizer.inputs["spec"]["mode"] == "reference"
 
     _tiny_depth_onnx(tmp_path / "tiny.onnx")
     make_depth_bundle(tmp_path / "tiny.onnx", tmp_path / "depth", size=24)

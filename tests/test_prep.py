@@ -211,3 +211,32 @@ def test_boxes_are_clipped_and_must_be_finite():
     np.testing.assert_array_equal(a["mask"], b["mask"])
     with pytest.raises(ValueError, match="boxes must be finite"):
         prepare_sizer_inputs(img, [(0, 0, np.nan, 20)], spec)
+
+
+def test_reference_mode_geometry():
+    """mode: reference, the reference code's streams: crop on the SxS frame, grown by int(0.5 x
+    extent), clamped, bilinear with align_corners=True; mask stream 0 (mean colour) outside."""
+    ramp = (np.arange(20) * 10).astype(np.uint8)
+    img = np.zeros((20, 20, 3), np.uint8)
+    img[..., 0] = ramp[None, :]
+    spec = SizerInputSpec(streams=("rgb", "mask", "depth"), size=20, mean=(0, 0, 0), std=(1, 1, 1),
+                          fov_masking=False, mode="reference")
+    depth = np.tile(np.arange(20, dtype=np.float32), (20, 1))
+    out = prepare_sizer_inputs(img, [(5, 5, 10, 10)], spec, depth=depth)
+    # box pixels 5..9, extent 4, grown by 2 per side: 3..11 sampled at 3 + j * 8 / 19
+    expected = (3 + np.arange(20) * 8 / 19) * 10 / 255
+    np.testing.assert_allclose(out["rgb"][0, 0], np.tile(expected, (20, 1)), atol=1e-5)
+    np.testing.assert_allclose(out["depth"][0, 0], np.tile(np.arange(20) / 19, (20, 1)), atol=1e-5)
+    mask = out["mask"][0, 0]
+    assert (mask[:5] == 0).all() and (mask[10:] == 0).all() and (mask[:, :5] == 0).all()
+    np.testing.assert_allclose(mask[5:10, 5:10], np.tile(ramp[5:10] / 255, (5, 1)), atol=1e-6)
+    # a box in the corner: the grown crop is clamped to the image (0..6), not padded
+    corner = prepare_sizer_inputs(img, [(0, 0, 5, 5)], spec, depth=depth)["rgb"][0, 0]
+    np.testing.assert_allclose(corner[0], np.arange(20) * 6 / 19 * 10 / 255, atol=1e-5)
+    # the fixed inscribed circle: corners of the frame are 0 in every stream
+    circ = SizerInputSpec(streams=("mask",), size=20, fov_masking=True, mode="reference")
+    whole = prepare_sizer_inputs(np.full((40, 40, 3), 200, np.uint8), [(0, 0, 40, 40)], circ)["mask"][0]
+    assert (whole[:, 0, 0] == 0).all() and (whole[:, 10, 10] != 0).all()
+    assert SizerInputSpec.from_dict(spec.to_dict()) == spec and "mode" not in SizerInputSpec().to_dict()
+    with pytest.raises(ConfigError, match="mode"):
+        SizerInputSpec(mode="other")

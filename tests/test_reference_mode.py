@@ -79,6 +79,7 @@ def test_vit_reference_config_holds_the_reference_values():
 
 
 def _common_reference_values(c):
+    assert c.data.input.mode == "reference" and c.data.input.fov_masking   # its crop geometry and circle
     assert c.train.primary_metric == "loss"                       # best epoch: minimum validation loss
     assert c.decision.clamp_mm == (0.5, 22.0) and c.decision.diminutive_max_mm == 4.75
     d = c.data

@@ -59,6 +59,7 @@ class InputConfig:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     fov_masking: bool = True
     box_grow: float = 0.5
+    mode: str = choices("hagview", ("hagview", "reference"))   # reference: its crop geometry (pipeline.prep)
 
 
 # Training-time augmentation (`trainer.data.augment.PairedAugment`, whose docstring says what each

@@ -58,7 +58,8 @@ class SizerTask(Task):
                               f"the sizer task takes no task options")
         inp = config.data.input
         self.spec = SizerInputSpec(streams=tuple(inp.streams), size=inp.size, mean=tuple(inp.mean),
-                                   std=tuple(inp.std), fov_masking=inp.fov_masking, box_grow=inp.box_grow)
+                                   std=tuple(inp.std), fov_masking=inp.fov_masking, box_grow=inp.box_grow,
+                                   mode=inp.mode)
         head = config.model.head
         self.classes = "binary" if config.model.num_classes == 2 else "triclass"
         if head != "regression" and config.model.num_classes not in (2, 3):
