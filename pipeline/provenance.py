@@ -109,13 +109,15 @@ def training_datasets(config: Mapping[str, Any], data: Mapping[str, Any] | None 
     config: the training config as a dict (`data.sources`, or the single `data.kind`/`root`);
     data: the checkpoint's data record (`root` actually read, `synthetic` for generated data read
     with the REAL-Colon reader). Negatives are listed per known sub folder where the root is
-    at hand. Empty when the config says nothing about data.
+    at hand. A source weighted 0 was read but not trained on (a cross-dataset run leaves a data
+    set out that way) and is not listed. Empty when the config says nothing about data.
     """
     data = dict(data or {})
     section = dict((config or {}).get("data") or {})
     sources = section.get("sources") or []
     if sources:
-        return [e for s in sources for e in _source_entries(dict(s), False)]
+        used = [dict(s) for s in sources if s.get("weight") is None or s.get("weight") > 0]
+        return [e for s in used for e in _source_entries(s, False)]
     kind = section.get("kind") or data.get("kind")
     if not kind:
         return []

@@ -50,6 +50,10 @@ def test_training_datasets_with_licences_and_citations(tmp_path):
     # single-source configs as before: generated data read as REAL-Colon is still synthetic
     assert [d["name"] for d in training_datasets({"data": {"kind": "realcolon"}},
                                                  {"root": "/x", "synthetic": True})] == ["synthetic"]
+    # a cross-dataset run leaves PolypGen out with weight 0: it is not training data
+    config = _real_config(tmp_path)
+    config["data"]["sources"][1]["weight"] = 0.0
+    assert "polypgen" not in [d["name"] for d in training_datasets(config)]
     real = training_datasets({"data": {"kind": "realcolon", "root": "/rc"}}, {"root": "/rc"})
     assert real[0]["name"] == "realcolon" and real[0]["real"] is True and "not recorded" in real[0]["licence"]
 
