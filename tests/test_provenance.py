@@ -25,7 +25,7 @@ DEMO_DETECTOR = ROOT / "pipeline" / "assets" / "bundles" / "detector"
 def _real_config(tmp_path) -> dict:
     negatives = tmp_path / "negatives"
     for sub in ("nerthus", "endoangel-bowelprep", "other"):
-        (negatives / sub).mkdir(parents=True)
+        (negatives / sub).mkdir(parents=True, exist_ok=True)
     return {"model": {"name": "hag_detector", "pretrained": "efficientnet-lite0"},
             "data": {"kind": "realcolon", "root": None, "sources": [
                 {"kind": "kvasir_seg", "root": "/d/kvasir-seg", "weight": 1.0, "options": {}},
