@@ -12,8 +12,18 @@ conv/linear multiply-accumulates analytically and measures this CPU's practical 
 with a large sgemm in the same run, to report the fraction of peak each backend reaches.
 Results are printed as a table and saved as JSON under bench-results/.
 
+With `--device cuda` it times the committed demo sizer and detector bundles on the GPU instead:
+batch 1, 4 and 8; torch eager FP32, eager FP16 (the folded model, LayerNorm in FP32) and
+torch.compile FP16 with CUDA graphs ("reduce-overhead": one graph per static batch size,
+compiled once and reused); p50/p99 of the model call from CUDA events (inputs already on the
+GPU), p50/p99 of the serving engines (numpy in and out, pinned copies) by wall clock; FP16
+parity with the folded ONNX model in onnxruntime (sizes within 1e-2 mm); and the offline
+annotation rate of a 1080p25 clip with `hagview-annotate --backend torch-cuda`.
+`--smoke` runs the same code on the CPU with few repeats (the GPU check's dry run).
+
   .venv/bin/python scripts/bench_inference.py                # ~3-5 minutes on 2 quiet cores
   .venv/bin/python scripts/bench_inference.py --sizes 160 --repeats 10 --repeats-large 3
+  python3 scripts/bench_inference.py --device cuda --out "$OUT"   # ~3 minutes on an H100
 """
 from __future__ import annotations
 
@@ -236,8 +246,206 @@ def print_table(report: dict) -> None:
               f"batch {result['best']['batch']} at {100 * result['best']['fraction_of_peak']:.1f}% of measured peak")
 
 
+# ---------------------------------------------------------------------------------------------
+# --device cuda
+
+CUDA_BATCHES = (1, 4, 8)
+PARITY_MM = 1e-2
+
+
+def _percentiles(values_ms) -> dict:
+    ms = np.asarray(values_ms, dtype=np.float64)
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "mean_ms": float(ms.mean()), "repeats": int(ms.size)}
+
+
+def time_device_calls(call, repeats: int, warmup: int, device) -> dict:
+    """Latency of `call()` on the GPU from CUDA events around each call (no host sync inside
+    the timed span beyond the end event); on the CPU (--smoke) by wall clock."""
+    for _ in range(warmup):
+        call()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            call()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    else:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            call()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return _percentiles(times)
+
+
+def time_host_calls(call, repeats: int, warmup: int) -> dict:
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return _percentiles(times)
+
+
+def bench_bundle_cuda(bundle_path: Path, device, args) -> dict:
+    from pipeline.bundle import load_bundle
+    from pipeline.engines.tensorrt_build import typed_program
+
+    bundle = load_bundle(bundle_path)
+    base = bundle.build_torch_model(device="cpu")
+    variants = {"eager-fp32": typed_program(base, "fp32").to(device),
+                "eager-fp16": typed_program(base, "fp16").to(device)}
+    if not args.smoke:       # on a CPU it compiles for minutes and proves nothing about CUDA graphs
+        variants["compile-fp16-cudagraphs"] = torch.compile(variants["eager-fp16"], mode=args.compile_mode,
+                                                            dynamic=False)
+    rows = []
+    rng = np.random.default_rng(0)
+    batches = (1, 4) if args.smoke else CUDA_BATCHES
+    for batch in batches:
+        host = {n: rng.standard_normal(bundle.example_shape(batch, n), dtype=np.float32) for n in bundle.input_names}
+        on_device = [torch.from_numpy(host[n]).to(device) for n in bundle.input_names]
+        for label, program in variants.items():
+            started = time.perf_counter()
+            with torch.inference_mode():
+                program(*on_device)              # first call: compiles / records the graph for this shape
+            first_s = time.perf_counter() - started
+
+            def call(program=program):
+                with torch.inference_mode():
+                    return program(*on_device)
+            stats = time_device_calls(call, args.cuda_repeats, args.cuda_warmup, device)
+            rows.append({"bundle": bundle.kind, "config": label, "batch": batch,
+                         "timer": "cuda events" if device.type == "cuda" else "wall clock",
+                         "first_call_s": round(first_s, 2), **stats})
+            log.info("%s batch %d %-24s p50 %7.3f ms  p99 %7.3f ms (first call %.1f s)", bundle.kind, batch, label,
+                     stats["p50_ms"], stats["p99_ms"], first_s)
+    # the serving engines as the pipeline calls them: numpy in, numpy out
+    reference = load_engine(bundle, backend="onnxruntime", threads=args.threads)
+    engine_device = str(device) if device.type == "cuda" else "cpu"
+    # (the torch-compile engine is the compiled program above behind the same staging; its
+    # compilation per batch size would double the run time, and tests/test_engines.py checks it)
+    made = [load_engine(bundle, backend="torch", device=engine_device)]
+    engines = {f"engine {e.name} {e.precision} ({e.device})": e for e in made}
+    parity = {}
+    for batch in batches:
+        host = {n: rng.standard_normal(bundle.example_shape(batch, n), dtype=np.float32) for n in bundle.input_names}
+        expected = reference.run(host)
+        for label, engine in engines.items():
+            got = engine.run(host)
+            for name in bundle.output_names:
+                err = float(np.max(np.abs(got[name] - expected[name])))
+                parity[f"{label} {name}"] = max(parity.get(f"{label} {name}", 0.0), err)
+            stats = time_host_calls(lambda engine=engine: engine.run(host), args.cuda_repeats, args.cuda_warmup)
+            rows.append({"bundle": bundle.kind, "config": label, "batch": batch, "timer": "wall clock",
+                         "precision": getattr(engine, "precision", None), **stats})
+    checks = {}
+    if "size_mm" in bundle.output_names:
+        worst = max(v for k, v in parity.items() if k.endswith(" size_mm"))
+        checks["fp16_parity_size_mm"] = {"max_abs_mm": worst, "bound_mm": PARITY_MM, "ok": worst <= PARITY_MM}
+    return {"bundle": str(bundle_path), "kind": bundle.kind, "input_size": list(bundle.input_size),
+            "describe": bundle.describe(), "rows": rows, "parity_max_abs_vs_onnx": parity, "checks": checks}
+
+
+def make_clip(path: Path, seconds: float, size: tuple[int, int], fps: float = 25.0) -> int:
+    """A `size` H.264 clip of the demo generator's frames (scaled up), `seconds` long."""
+    import cv2
+
+    from pipeline.sources.demo import DemoSource
+    from pipeline.videowriter import H264Writer
+
+    frames = int(round(seconds * fps))
+    with DemoSource(paced=False, loop=True, seed=3) as source, H264Writer(path, fps=fps, size=size, crf=20) as writer:
+        for i in range(frames):
+            frame = source.read()
+            writer.write(cv2.resize(frame.image, size, interpolation=cv2.INTER_LINEAR), i / fps)
+    return frames
+
+
+def bench_annotate(args, workdir: Path, backend: str) -> dict:
+    import json
+    import subprocess
+
+    size = (1920, 1080) if not args.smoke else (640, 360)
+    clip = workdir / "clip-1080p25.mp4"
+    frames = make_clip(clip, args.annotate_seconds, size)
+    out = workdir / "annotated"
+    command = [sys.executable, "-m", "pipeline.annotate", str(clip), "--out", str(out), "--backend", backend]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        return {"ok": False, "command": " ".join(command), "error": (done.stderr or done.stdout).strip()[-800:]}
+    run = json.loads((out / clip.stem / "run.json").read_text())
+    seconds = float(run.get("seconds") or wall)
+    fps = frames / seconds
+    return {"ok": True, "command": " ".join(command), "frames": frames, "size": list(size),
+            "video_seconds": args.annotate_seconds, "processing_s": seconds, "wall_s_with_start": round(wall, 2),
+            "fps": fps, "x_real_time": fps / 25.0, "backend": run.get("backend") or run.get("models", {}).get("backend")}
+
+
+def main_cuda(args) -> int:
+    import onnxruntime
+
+    device = torch.device("cuda", torch.cuda.current_device()) if not args.smoke else torch.device("cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench_inference: error: --device cuda but torch.cuda.is_available() is False")
+    if args.smoke:
+        args.cuda_repeats, args.cuda_warmup, args.annotate_seconds = 3, 1, min(args.annotate_seconds, 1.0)
+    started = time.perf_counter()
+    assets = ROOT / "pipeline" / "assets" / "bundles"
+    results = [bench_bundle_cuda(assets / name, device, args) for name in ("sizer", "detector")]
+    with tempfile.TemporaryDirectory(prefix="hagview-bench-cuda-") as tmp:
+        annotate = bench_annotate(args, Path(tmp), "torch-cuda" if device.type == "cuda" else "torch-cpu")
+    report = {"benchmark": "inference-cuda", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "smoke": args.smoke, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "compile_mode": args.compile_mode,
+              "results": results, "annotate": annotate, "runtime_s": round(time.perf_counter() - started, 1)}
+    lines = [f"device: {report['device']} (torch {report['torch']}, onnxruntime {report['onnxruntime']})"]
+    header = f"{'bundle':<9} {'batch':>5} {'config':<36} {'timer':<11} {'p50 ms':>8} {'p99 ms':>8}"
+    for result in results:
+        lines += ["", f"{result['kind']}: {result['describe']}", header]
+        for r in sorted(result["rows"], key=lambda r: (r["batch"], r["timer"], r["config"])):
+            lines.append(f"{r['bundle']:<9} {r['batch']:>5} {r['config']:<36} {r['timer']:<11} "
+                         f"{r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f}")
+        for name, value in result["parity_max_abs_vs_onnx"].items():
+            lines.append(f"  parity vs folded ONNX (onnxruntime), max abs: {name} {value:.2e}")
+        for name, check in result["checks"].items():
+            lines.append(f"  {name}: {check['max_abs_mm']:.2e} mm (bound {check['bound_mm']} mm): "
+                         f"{'ok' if check['ok'] else 'FAILED'}")
+    if annotate["ok"]:
+        lines += ["", f"hagview-annotate {annotate['size'][0]}x{annotate['size'][1]}@25, {annotate['frames']} frames, "
+                      f"backend {annotate['backend']}: {annotate['fps']:.1f} fps = {annotate['x_real_time']:.1f}x "
+                      f"real time ({annotate['processing_s']:.1f} s; {annotate['wall_s_with_start']:.1f} s with start-up)"]
+    else:
+        lines += ["", f"hagview-annotate FAILED: {annotate['error']}"]
+    text = "\n".join(lines)
+    print(text)
+    out = Path(args.out)
+    stamp = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
+    write_json_atomic(out / f"inference-cuda-{stamp}.json", report)
+    (out / f"inference-cuda-{stamp}.txt").write_text(text + "\n")
+    print(f"\nsaved {out}/inference-cuda-{stamp}.json and .txt (runtime {report['runtime_s']:.0f} s)")
+    failed = not annotate["ok"] or not all(c["ok"] for r in results for c in r["checks"].values())
+    return 1 if failed else 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cpu: the folded-vs-unfolded CPU benchmark; cuda: the GPU latency table")
+    parser.add_argument("--smoke", action="store_true", help="with --device cuda: run it on the CPU, few repeats")
+    parser.add_argument("--compile-mode", default="reduce-overhead",
+                        help="torch.compile mode on CUDA (reduce-overhead: CUDA graphs; max-autotune: also "
+                             "tunes kernels, minutes per shape)")
+    parser.add_argument("--cuda-repeats", type=int, default=200)
+    parser.add_argument("--cuda-warmup", type=int, default=20)
+    parser.add_argument("--annotate-seconds", type=float, default=12.0, help="length of the 1080p25 clip")
     parser.add_argument("--sizes", default="384,160", help="input sizes (default: 384 and the demo size 160)")
     parser.add_argument("--demo-size", type=int, default=None, help="replace the second size (the demo sizer's)")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per config (batch 1, small sizes)")
@@ -252,6 +460,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("trainer.export.exporter", "pipeline.engines"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.device == "cuda":
+        return main_cuda(args)
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.demo_size:
         sizes = [sizes[0], args.demo_size]
