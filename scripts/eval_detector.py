@@ -75,6 +75,7 @@ class Evaluated:
     gt_ids: list[str]
     boxes: np.ndarray           # (M,4)
     scores: np.ndarray          # (M,)
+    difficult: np.ndarray | None = None   # (K,) VOC's flag (video sets); None: none is
 
 
 def parse_data(spec: str) -> tuple[str, Path]:
@@ -107,7 +108,8 @@ def evaluate_records(detector: PolypDetector, frames: list[FrameRecord], group: 
             boxes, scores = detect(detector, image)
             gt = np.array([b.box for b in frame.boxes], dtype=np.float64).reshape(-1, 4)
             out.append(Evaluated(group, frame.source or group, Path(frame.image_path).stem, frame.image_path,
-                                 gt, [b.polyp_id for b in frame.boxes], boxes, scores))
+                                 gt, [b.polyp_id for b in frame.boxes], boxes, scores,
+                                 np.array([b.difficult for b in frame.boxes], dtype=bool)))
     return out, unreadable
 
 
@@ -131,7 +133,8 @@ def synthetic_negatives(count: int, seed: int):
 
 
 def metrics(frames: list[Evaluated], threshold: float) -> dict:
-    det = [FrameDetections(f.group, i, f.gt, f.gt_ids, f.boxes, f.scores) for i, f in enumerate(frames)]
+    det = [FrameDetections(f.group, i, f.gt, f.gt_ids, f.boxes, f.scores, gt_difficult=f.difficult)
+           for i, f in enumerate(frames)]
     m = detection_metrics(det, 30.0, iou_threshold=IOU, score_threshold=threshold)
     out = {k: m[k] for k in METRIC_KEYS}
     out["false_boxes_per_frame"] = m["fp_per_100_frames"] / 100.0
@@ -155,13 +158,14 @@ def by_key(frames: list[Evaluated], key) -> dict[str, list[Evaluated]]:
 def frame_status(frame: Evaluated, threshold: float) -> tuple[str, np.ndarray, np.ndarray]:
     """("miss" | "false" | "hit" | "clean", per-gt found flags, per-detection true flags) at the
     threshold: a box missed, else a false box, else all found ("clean": no polyp, no box)."""
-    fd = FrameDetections(frame.group, 0, frame.gt, frame.gt_ids, frame.boxes, frame.scores)
+    fd = FrameDetections(frame.group, 0, frame.gt, frame.gt_ids, frame.boxes, frame.scores,
+                         gt_difficult=frame.difficult)
     match_frame(fd, IOU)
     at_op = frame.scores >= threshold
     found = np.zeros(len(frame.gt), dtype=bool)
     found[fd.matched_gt[(fd.matched_gt >= 0) & at_op]] = True
-    true = fd.matched_gt >= 0
-    if not found.all():
+    true = (fd.matched_gt >= 0) | fd.ignored          # a box on a difficult polyp is not false
+    if np.any(~found & ~fd.gt_difficult):
         return "miss", found, true
     if np.any(at_op & ~true):
         return "false", found, true

@@ -152,3 +152,19 @@ def test_trained_on_flag_and_bad_arguments(tmp_path):
     assert script.main(["--data", "kvasir:/x", "--no-progress"]) == 2
     assert script.main(["--synthetic-negatives", "0", "--no-progress"]) == 2
     assert script.main(["--data", f"polypgen:{tmp_path / 'nope'}", "--no-progress"]) == 2
+
+
+def test_frame_status_follows_voc_for_difficult_boxes():
+    script = _script()
+    gt = np.array([[10, 10, 50, 50], [100, 100, 110, 110]], float)
+
+    def status(boxes, difficult):
+        boxes = np.array(boxes, float).reshape(-1, 4)
+        frame = script.Evaluated("d", "d", "x", None, gt, ["a", "b"], boxes, np.full(len(boxes), 0.9),
+                                 np.array(difficult))
+        return script.frame_status(frame, 0.3)[0]
+
+    assert status([[10, 10, 50, 50]], [False, True]) == "hit"          # a missed difficult box is no miss
+    assert status([[10, 10, 50, 50], [100, 100, 110, 110]], [False, True]) == "hit"   # nor a box on it false
+    assert status([[10, 10, 50, 50]], [False, False]) == "miss"
+    assert status([[10, 10, 50, 50], [200, 10, 240, 50]], [False, True]) == "false"
