@@ -299,3 +299,12 @@ def test_per_polyp_median_and_time_to_first_size():
     t = time_to_first_size({"a": 1.0, "b": 2.0, "c": 3.0}, {"a": 1.5, "b": 4.0})
     assert t["polyps"] == 3 and t["sized_polyps"] == 2 and t["never_sized_rate"] == pytest.approx(1 / 3)
     assert t["median_s"] == pytest.approx(1.25) and t["max_s"] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("name,streams", [("reference_r18_loc_dpt", ["mask", "depth"]),
+                                          ("reference_vit_tiny_triclass", ["rgb"])])
+def test_reference_configs_build_their_models(name, streams):
+    c = load_config(CONFIGS / f"{name}.yaml", ["model.pretrained=null"], check_paths=False)
+    model = build_task(c).build_model()
+    assert list(model.init_kwargs["streams"]) == streams and model.init_kwargs["input_size"] == 384
+    assert model.init_kwargs["dropout"] == 0.35
