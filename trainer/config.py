@@ -43,7 +43,7 @@ class ModelConfig:
     name: str = "hag_resnet18"
     gates: bool = True                    # false: the same network without gates (baseline)
     width_mult: float = 1.0
-    hidden: int = 128                     # hidden fully connected width (reference 128 or 512)
+    hidden: int = 128                     # hidden fully connected width (the reference's configs: 128)
     head: str = choices("regression", HEADS)
     num_classes: int = 3                  # class head: 3 (triclass) or 2 (binary)
     pretrained: str | None = None         # local ImageNet state dict (torchvision / timm names)
