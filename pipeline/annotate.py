@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
 from array import array
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from pipeline.progress import Progress
 from .archive import (Task, clear_failure, parse_shard, record_failure, run_jobs, shard_indices, threads_per_job,
                       write_summary)
 from .config import load_run_config, run_config_to_dict
+from .graph import BlockingQueue, EdgeClosed
 from .overlay import draw_overlay
 from .report import report_html, thin_indices
 from .runtime import (GROUND_TRUTH_BOXES, Analysis, BoxProvider, build_analysis, default_bundle, run_offline,
@@ -184,6 +186,65 @@ def _crop_thumbnail(image: np.ndarray, box, size: int) -> np.ndarray:
                       interpolation=cv2.INTER_AREA)
 
 
+class _Render:
+    """Overlay drawing and H.264 encoding of annotated.mp4 on a thread of their own, fed through
+    a bounded queue: encoding a 1080p frame costs about as much CPU as the whole analysis
+    (docs/results.md), so on its own thread it overlaps with the analysis instead of adding to
+    the output stage, and the queue bounds the frames held meanwhile."""
+
+    def __init__(self, path: Path, fps: float, width: int, height: int, *, crf: int, preset: str,
+                 synthetic: bool, line_width: int, capacity: int = 4) -> None:
+        from pipeline.videowriter import H264Writer
+
+        self.odd = (width % 2, height % 2)
+        # yuv420p needs an even size: an odd frame gets one black row/column added.
+        self.writer = H264Writer(path, fps=fps, size=(width + width % 2, height + height % 2), crf=crf,
+                                 preset=preset, threads=1)
+        self.synthetic, self.line_width = synthetic, line_width
+        self.queue: BlockingQueue = BlockingQueue("render", capacity)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="annotate-render", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                try:
+                    image, tracks, pts = self.queue.get()
+                except EdgeClosed:
+                    return
+                drawn = draw_overlay(image, tracks, synthetic=self.synthetic, line_width=self.line_width)
+                if any(self.odd):
+                    drawn = np.pad(drawn, ((0, self.odd[1]), (0, self.odd[0]), (0, 0)))
+                self.writer.write(drawn, pts)
+        except BaseException as exc:      # handed to the producer at its next put or at close
+            self.error = exc
+            self.queue.close()
+            self.queue.clear()
+
+    def put(self, image: np.ndarray, tracks: list[TrackReport], pts: float) -> None:
+        try:
+            self.queue.put((image, tracks, pts))
+        except EdgeClosed:
+            pass
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        self.queue.close()
+        self.thread.join()
+        if self.error is not None:
+            self.writer.abort()
+            raise self.error
+        self.writer.close()
+
+    def abort(self) -> None:
+        self.queue.close()
+        self.queue.clear()
+        self.thread.join(10.0)
+        self.writer.abort()
+
+
 class AnnotationWriter:
     """Consumes FrameResults in order and writes one input's outputs into `directory`."""
 
@@ -237,22 +298,15 @@ class AnnotationWriter:
         self.frames_written += 1
 
     def _write_video(self, image: np.ndarray, tracks: list[TrackReport], pts: float) -> None:
-        from pipeline.videowriter import H264Writer
-
-        h, w = image.shape[:2]
         if self._video is None:
-            # yuv420p needs an even size: an odd frame gets one black row/column added.
-            self._video = H264Writer(self.directory / "annotated.mp4", fps=self.fps,
-                                     size=(w + w % 2, h + h % 2), crf=self.crf, preset=self.preset,
-                                     threads=1)
-        drawn = draw_overlay(image, tracks, synthetic=self.synthetic, line_width=self.line_width)
-        if w % 2 or h % 2:
-            drawn = np.pad(drawn, ((0, h % 2), (0, w % 2), (0, 0)))
+            self._video = _Render(self.directory / "annotated.mp4", self.fps, image.shape[1], image.shape[0],
+                                  crf=self.crf, preset=self.preset, synthetic=self.synthetic,
+                                  line_width=self.line_width)
         if self._last_pts is not None and pts <= self._last_pts:
             # A damaged input repeats a timestamp: keep the frame, a tick after the previous one.
             pts = self._last_pts + 1e-4
         self._last_pts = pts
-        self._video.write(drawn, pts)
+        self._video.put(image, tracks, pts)
 
     def finish(self, title: str, summary: dict[str, Any]) -> list[dict[str, Any]]:
         self._jsonl.close()
