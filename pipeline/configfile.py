@@ -86,16 +86,25 @@ def parse_overrides(overrides) -> list[tuple[str, Any]]:
 
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set `a.b.c` in nested mappings; a number indexes a list (`data.sources.0.root`)."""
     node = raw
     parts = key.split(".")
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
+    for i, part in enumerate(parts):
+        where = ".".join(parts[:i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {key}: config key '{where}': the list has {len(node)} entries "
+                                  f"(index them 0..{len(node) - 1})")
+            part = int(part)
+        if i == len(parts) - 1:
+            node[part] = value
+            return
+        child = node[part] if isinstance(node, list) else node.get(part)
         if child is None:
             child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: config key '{'.'.join(parts[:i + 1])}' is not a section")
+        if not isinstance(child, (dict, list)):
+            raise ConfigError(f"--set {key}: config key '{where}' is not a section")
         node = child
-    node[parts[-1]] = value
 
 
 def _build(schema: type, raw: Any, prefix: str):

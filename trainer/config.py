@@ -273,7 +273,8 @@ def check_config_paths(cfg: TrainConfig) -> None:
         _check_source_paths(cfg.test, "test")
     if cfg.data.split_file is not None:
         _require_path(cfg.data.split_file, "data.split_file")
-    if cfg.model.pretrained is not None:
+    # "efficientnet-lite0" names the weights of an installed package, not a path (detector task)
+    if cfg.model.pretrained is not None and cfg.model.pretrained != "efficientnet-lite0":
         _require_path(cfg.model.pretrained, "model.pretrained")
 
 

@@ -29,6 +29,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -66,6 +67,11 @@ class DetectorOptions:
     focal_beta: float = 4.0
     routing_positive_weight: float = 2.0   # routing pass: weight of the centres' focal term
     score_threshold: float = 0.3           # operating point for per-polyp metrics and delays
+    # fixed: score_threshold is what the bundle runs at. validation: chosen on each validation
+    # pass (never on a held-out set): the best-F1 threshold, raised until polyp-free validation
+    # frames get at most max_false_per_negative boxes; score_threshold is then the lowest allowed.
+    operating_point: str = "fixed"
+    max_false_per_negative: float = 0.05
     eval_score_floor: float = 0.01         # detections kept for AP (the precision-recall curve)
     max_detections: int = 10
     fps: float = DEFAULT_FPS               # when the data set does not say (video_info.csv)
@@ -122,6 +128,61 @@ def weighted_giou_loss(wh: torch.Tensor, offset: torch.Tensor, wh_target: torch.
             * (torch.maximum(py + ph / 2, ty + th / 2) - torch.minimum(py - ph / 2, ty - th / 2)))
     giou = inter / union.clamp(min=1e-6) - (hull - union) / hull.clamp(min=1e-6)
     return ((1.0 - giou) * w).sum() / w.sum()
+
+
+def without_left_out_sources(index: DatasetIndex) -> DatasetIndex:
+    """The index without the frames of data sets weighted 0: a left-out data set is held out
+    (cross-dataset runs), so it must not reach the validation fold either, where it would pick
+    the epoch and the operating threshold."""
+    from dataclasses import replace
+
+    from ..data.detection import source_key
+
+    weights = getattr(index, "source_weights", None) or {}
+    left_out = {name for name, weight in weights.items() if weight == 0}
+    if not left_out:
+        return index
+    frames = [f for f in index.frames if source_key(f) not in left_out]
+    log.info("left out (weight 0, not in training or validation): %s, %d frames",
+             ", ".join(sorted(left_out)), len(index.frames) - len(frames))
+    kept = {f.video for f in frames}
+    return replace(index, frames=frames, samples=[s for s in index.samples if s.video in kept],
+                   source_weights={k: v for k, v in weights.items() if k not in left_out})
+
+
+def choose_operating_threshold(frames: list[FrameDetections], floor: float,
+                               max_false_per_negative: float) -> tuple[float, dict[str, float]]:
+    """(threshold, figures): the best-F1 score threshold over these (already matched) frames,
+    raised where needed so that frames without a polyp get at most `max_false_per_negative`
+    boxes each, never below `floor`. Figures: the threshold, its F1 and false boxes per
+    polyp-free frame, and the F1-only threshold."""
+    scores = np.concatenate([f.scores[~f.ignored] for f in frames]) if frames else np.zeros(0)
+    is_tp = np.concatenate([f.matched_gt[~f.ignored] >= 0 for f in frames]) if frames else np.zeros(0, bool)
+    num_gt = sum(int((~f.gt_difficult).sum()) for f in frames)
+    negative_scores = [f.scores for f in frames if len(f.gt_boxes) == 0]
+    negatives = len(negative_scores)
+    negative_scores = np.concatenate(negative_scores) if negatives else np.zeros(0)
+    candidates = np.unique(np.concatenate([scores[scores >= floor], [floor]]))
+
+    def f1(t: float) -> float:
+        tp = float(np.sum(is_tp & (scores >= t)))
+        fp = float(np.sum(~is_tp & (scores >= t)))
+        return 2 * tp / max(1.0, 2 * tp + fp + (num_gt - tp))
+
+    f1s = np.array([f1(t) for t in candidates])
+    best_f1 = float(candidates[int(np.argmax(f1s))])
+    threshold = best_f1
+    if negatives:
+        per_frame = np.array([np.sum(negative_scores >= t) / negatives for t in candidates])
+        allowed = candidates[per_frame <= max_false_per_negative]
+        if len(allowed):
+            threshold = max(threshold, float(allowed.min()))
+        else:
+            threshold = float(np.nextafter(negative_scores.max(), 1.0))
+    false_per_negative = float(np.sum(negative_scores >= threshold) / negatives) if negatives else float("nan")
+    return threshold, {"op_threshold": threshold, "op_f1": f1(threshold), "f1_threshold": best_f1,
+                       "op_false_per_negative_frame": false_per_negative,
+                       "negative_frames": float(negatives)}
 
 
 def _video_fps(root: str | None) -> dict[str, float]:
@@ -184,6 +245,7 @@ class DetectorTask(Task):
         self._fps: dict[str, float] = {}
         self._folds: list[list[str]] | None = None
         self._stride: int | None = None
+        self._operating_threshold = self.options.score_threshold
 
     def _check_options(self) -> None:
         o = self.options
@@ -196,6 +258,12 @@ class DetectorTask(Task):
         if not 0.0 < o.score_threshold < 1.0 or not 0.0 <= o.eval_score_floor <= o.score_threshold:
             raise ConfigError(f"config key 'task_options.score_threshold': need 0 <= eval_score_floor <= "
                               f"score_threshold < 1, got {o.eval_score_floor} and {o.score_threshold}")
+        if o.operating_point not in ("fixed", "validation"):
+            raise ConfigError(f"config key 'task_options.operating_point': fixed or validation, got "
+                              f"{o.operating_point!r}")
+        if not o.max_false_per_negative >= 0:
+            raise ConfigError(f"config key 'task_options.max_false_per_negative': must be >= 0, got "
+                              f"{o.max_false_per_negative}")
         if o.max_detections < 1:
             raise ConfigError(f"config key 'task_options.max_detections': must be >= 1, got {o.max_detections}")
 
@@ -248,7 +316,8 @@ class DetectorTask(Task):
         if self._index is None:
             from .sources import read_source
 
-            self._index, self._root = read_source(self.config.data, negatives=True)
+            index, self._root = read_source(self.config.data, negatives=True)
+            self._index = without_left_out_sources(index)
             self._fps = _video_fps(self._root)
         return self._index
 
@@ -304,7 +373,8 @@ class DetectorTask(Task):
         data, o, seed = self.config.data, self.options, self.config.train.seed
         train = DetectionDataset(train_frames, self.spec, self.stride, self.augmentation(), self.fov_cache,
                                  positives_per_polyp=data.train_per_polyp, negative_fraction=o.negative_fraction,
-                                 sampling="random", sampling_seed=seed)
+                                 sampling="random", sampling_seed=seed,
+                                 source_weights=getattr(index, "source_weights", None) or None)
         val = DetectionDataset(val_frames, self.spec, self.stride, None, self.fov_cache,
                                positives_per_polyp=data.val_per_polyp, negative_fraction=o.val_negative_fraction,
                                sampling="uniform", sampling_seed=seed)
@@ -319,7 +389,8 @@ class DetectorTask(Task):
         from .sources import read_source
 
         source = DataSourceConfig(kind=test.kind, root=test.root, case_pattern=test.case_pattern,
-                                  size_table=test.size_table, synthetic=test.synthetic)
+                                  size_table=test.size_table, synthetic=test.synthetic,
+                                  options=dict(test.options))
         index, root = read_source(source, negatives=True)
         self._fps.update(_video_fps(root))
         return DetectionDataset(index.frames, self.spec, self.stride, None, self.fov_cache,
@@ -368,7 +439,15 @@ class DetectorTask(Task):
                     gt_ids=[dataset.polyp_ids[int(p)] for p in targets["polyp_index"][i, :n]],
                     boxes=boxes, scores=scores, gt_difficult=targets["difficult"][i, :n].numpy()))
         fps = {video: self._fps.get(video, o.fps) for video in dataset.videos}
-        return detection_metrics(frames, fps, iou_threshold=0.5, score_threshold=o.score_threshold)
+        metrics = detection_metrics(frames, fps, iou_threshold=0.5, score_threshold=o.score_threshold)
+        threshold, chosen = choose_operating_threshold(frames, o.score_threshold, o.max_false_per_negative)
+        metrics.update(chosen)
+        if o.operating_point == "validation":
+            self._operating_threshold = threshold
+            at_op = detection_metrics(frames, fps, iou_threshold=0.5, score_threshold=threshold)
+            metrics.update({f"{k}_at_op": at_op[k] for k in ("recall", "precision", "fp_per_100_frames",
+                                                              "polyp_detection_rate")})
+        return metrics
 
     def checkpoint_metadata(self) -> dict:
         data = self.config.data
@@ -377,5 +456,5 @@ class DetectorTask(Task):
                 "input_spec": self.spec.to_dict(),
                 "data": {"kind": data.kind, "root": root,
                          "synthetic": data.kind == "synthetic" or _is_synthetic_root(root)},
-                "detector": {"output_stride": self.stride, "score_threshold": self.options.score_threshold,
+                "detector": {"output_stride": self.stride, "score_threshold": float(self._operating_threshold),
                              "max_detections": self.options.max_detections}}
