@@ -87,6 +87,19 @@ def test_live_pipeline_plays_a_stream_and_survives_losing_its_server(server):
           f"back {result['reconnect_s']:.2f} s after the server")
 
 
+def test_a_protocol_pyav_lacks_is_one_line_naming_it():
+    from _streams import _pyav_has_protocol
+    from pipeline.errors import SourceError
+    from pipeline.sources.network import open_network
+
+    if _pyav_has_protocol("srt"):
+        pytest.skip("PyAV's FFmpeg reads srt:// here (tested above)")
+    with pytest.raises(SourceError) as err:
+        open_network("srt://127.0.0.1:9?mode=caller", open_timeout_s=1.0)
+    assert str(err.value) == ("srt://127.0.0.1:9?mode=caller: the FFmpeg inside PyAV cannot read srt:// streams "
+                              "(built without that protocol)")
+
+
 # --- the hagview command --------------------------------------------------------------------------
 def _free_display() -> int:
     for number in range(90, 140):

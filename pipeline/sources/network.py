@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlsplit
 
+from pipeline.errors import SourceError
+
 from .base import ReconnectingSource, StateCallback, VideoSource
 from .live_av import LiveAVSource
 
@@ -55,8 +57,15 @@ class NetworkSource(LiveAVSource):
                  rtsp_transport: str = "tcp", extra_options: dict[str, str] | None = None) -> None:
         options = stream_options(url, read_timeout_s, rtsp_transport)
         options.update(extra_options or {})
-        super().__init__(url, redact(url), options=options, open_timeout_s=open_timeout_s,
-                         read_timeout_s=read_timeout_s, what="stream")
+        try:
+            super().__init__(url, redact(url), options=options, open_timeout_s=open_timeout_s,
+                             read_timeout_s=read_timeout_s, what="stream")
+        except SourceError as exc:
+            if "Protocol not found" not in str(exc):
+                raise
+            scheme = urlsplit(url).scheme.lower()    # e.g. srt: PyAV's wheels are built without libsrt
+            raise SourceError(f"{redact(url)}: the FFmpeg inside PyAV cannot read {scheme}:// streams "
+                              f"(built without that protocol)") from None
         self.url = url
 
 
