@@ -148,8 +148,11 @@ def test_vit_fp16_program_keeps_layernorm_in_fp32():
     typed = typed_program(vit, "fp16")
     norms = [m for m in typed.modules() if isinstance(m, nn.LayerNorm)]
     assert len(norms) == 2 * 2 + 1 and all(p.dtype == torch.float32 for m in norms for p in m.parameters())
-    linears = [m for m in typed.modules() if isinstance(m, nn.Linear)]
+    head = {id(m) for h in typed.modules() if callable(getattr(h, "output_layers", None)) for m in h.modules()}
+    linears = [m for m in typed.modules() if isinstance(m, nn.Linear) and id(m) not in head]
     assert linears and all(m.weight.dtype == torch.float16 for m in linears)
+    heads = [m for m in typed.modules() if isinstance(m, nn.Linear) and id(m) in head]
+    assert len(heads) == 2 and all(m.weight.dtype == torch.float32 for m in heads)   # size and classifier
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         size_mm, logits = typed(x)

@@ -276,7 +276,8 @@ def _create(backend: str, bundle: Bundle, threads, device, options) -> Engine:
         return OnnxRuntimeEngine(bundle, threads=threads, device=device or "cpu")
     if backend == "tensorrt":
         from .tensorrt_engine import TensorRTEngine
-        return TensorRTEngine(bundle, device=device or "cuda", **options)
+        trt_options = {k: v for k, v in options.items() if k in ("precision", "batch_sizes", "cache_dir", "progress")}
+        return TensorRTEngine(bundle, device=device or "cuda", **trt_options)
     from .torch_engine import TorchEngine
     torch_options = {k: v for k, v in options.items() if k in ("precision", "batch_sizes", "compile_mode")}
     if backend == "torch-cuda":

@@ -5,7 +5,8 @@ and removed in 11): the precision of every layer is written into the graph itsel
 chosen by builder flags. For "fp16" the folded model is cast to half precision and every
 LayerNorm is replaced by one that computes in float32 (its input is cast up and its result cast
 back), so the ViT's normalisation statistics never lose precision; inputs and outputs stay
-float32 at the program boundary. torch-tensorrt 2.6-2.12 is told so with
+float32 at the program boundary; the output head (a model's `output_layers`) also computes in
+float32, so sizes in mm keep float32 resolution. torch-tensorrt 2.6-2.12 is told so with
 `use_explicit_typing=True`; 2.13 dropped the argument (always strongly typed), so it is passed
 only where the installed `compile` has it.
 
@@ -165,6 +166,18 @@ def typed_program(model, precision: str):
         def forward(self, x):
             return self.norm(x.float()).to(x.dtype)
 
+    class Float32Head(nn.Module):
+        """An output head (a module with `output_layers`, e.g. SizeHead) computed in float32: a
+        size in mm held in fp16 moves in steps of 0.0156 mm above 16 mm, more than the 1e-2 mm
+        the FP16 path must stay within; the head is one small Linear per output."""
+
+        def __init__(self, head: nn.Module):
+            super().__init__()
+            self.head = copy.deepcopy(head).float()
+
+        def forward(self, x):
+            return self.head(x.float())
+
     class TypedProgram(nn.Module):
         """Positional float32 inputs in, float32 outputs out, `dtype` in between."""
 
@@ -186,6 +199,8 @@ def typed_program(model, precision: str):
             for child_name, child in list(parent.named_children()):
                 if isinstance(child, nn.LayerNorm):
                     setattr(parent, child_name, Float32LayerNorm(child))
+                elif callable(getattr(child, "output_layers", None)):
+                    setattr(parent, child_name, Float32Head(child))
     return TypedProgram(model, tuple(model.input_names), tuple(model.output_names), dtype)
 
 
