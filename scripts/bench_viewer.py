@@ -103,43 +103,15 @@ def tiny_sizer(cache: Path) -> Path:
 
 def paced_as_live(video: Path):
     """The clip handed out as a capture card hands out frames: a live source whose `read()`
-    returns each decoded frame at its media time. The viewer can then prepare nothing ahead, so
-    all it does after the read (display scaling included) is in the measured delay."""
-    from pipeline.pacing import MediaClock
-    from pipeline.sources import FileSource, VideoSource
+    returns each decoded frame at its media time (pipeline.sources.base.PacedSource). The viewer
+    can then prepare nothing ahead, so all it does after the read (display scaling included) is in
+    the measured delay."""
+    from pipeline.sources import FileSource
+    from pipeline.sources.base import PacedSource
 
-    class PacedLive(VideoSource):
-        is_live = True
-        name = f"{video.name} (paced as a live source)"
-
-        def __init__(self) -> None:
-            super().__init__()
-            self._file = FileSource(video, threaded=False)
-            self._clock = MediaClock()
-            self._stop = False
-
-        @property
-        def fps(self):
-            return self._file.fps
-
-        @property
-        def size(self):
-            return self._file.size
-
-        def read(self):
-            frame = None if self._stop else self._file.read()
-            if frame is None:
-                return None
-            time.sleep(max(0.0, self._clock.delay(frame.pts)))
-            return frame
-
-        def interrupt(self) -> None:
-            self._stop = True
-
-        def close(self) -> None:
-            self._file.close()
-
-    return PacedLive()
+    source = PacedSource(FileSource(video, threaded=False))
+    source.name = f"{video.name} (paced as a live source)"
+    return source
 
 
 def run_viewer(video: Path, *, sizer, detector, boxes, backend: str, window_size: tuple[int, int],
