@@ -25,7 +25,7 @@ def test_two_gloo_processes_keep_identical_replicas_and_write_one_run_dir(tmp_pa
     config.write_text(TINY_CONFIG.replace("CACHE", str(base / "synth-cache")))
     out = tmp_path / "run"
     # PYTHONFAULTHANDLER: a rank that aborts (seen once in ~12 full-suite runs under load: "terminate
-    # called without an active exception" at exit; not reproduced in 12 runs at load 12-15 on 2
+    # called without an active exception" at exit; not reproduced in 20 runs at load 12-19 on 2
     # cores, nor in 27 runs alone) prints where each of its threads stood, shown by the assert.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo"),
            "PYTHONFAULTHANDLER": "1", "TORCH_SHOW_CPP_STACKTRACES": "1"}
