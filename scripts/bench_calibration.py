@@ -5,7 +5,12 @@
         [--boxes given detector] [--out results.json]
 
 DATA: videos with ground truth beside them (`hagview-synth` output), rendered from seeds neither
-the sizer nor its calibration saw. The pipeline runs on each as `hagview-annotate` would, with the
+the sizer nor its calibration saw (checked: the script refuses them). The figures in the
+closing note of issue 19 come from runs 1902 and 1904 (scripts/calibrate_demo_sizer.sh used
+1901 and 1903), each rendered as
+
+    hagview-synth --out eval-1902 --videos 20 --seconds 8 --fps 10 --size 640x480 --seed 1902 \
+        --config synth.yaml         # synth.yaml: polyps: {min_count: 2, max_count: 3, diameter_mm: [2.0, 20.0]} The pipeline runs on each as `hagview-annotate` would, with the
 given (ground-truth) boxes and with the detector's; each confirmed track is matched to the polyp
 its boxes overlap most (trainer.calibrate.collect_tracks). Per way of finding boxes:
 
@@ -23,7 +28,6 @@ which is how the uncalibrated interval depends on its level.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path

@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,7 +169,7 @@ def calibration_from_tracks(by_source: dict[str, list[TrackLog]], *, data: dict[
 
 def _shown_path(path) -> str:
     """Relative to the working directory when inside it (bundle.json is committed)."""
-    path = Path(path).resolve()
+    path = Path(os.path.abspath(path))
     try:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
