@@ -242,8 +242,6 @@ class Analysis:
         if detector is None and boxes is None:
             raise ConfigError("nothing finds polyps: give a detector bundle or boxes")
         self.config = config
-        self.detector = detector
-        self.boxes = boxes
         self.sizer = sizer
         quality = section_kwargs(config.quality)
         if sizer is not None:    # the border test looks at the crop the sizer actually sees
@@ -264,6 +262,19 @@ class Analysis:
     @property
     def parts(self) -> tuple[AnalysisStage, ...]:
         return self.preprocess, self.detect, self.track, self.size, self.smooth
+
+    @property
+    def detector(self):
+        return self.detect.detector
+
+    @property
+    def boxes(self) -> BoxProvider | None:
+        return self.detect.boxes
+
+    @boxes.setter
+    def boxes(self, provider: BoxProvider) -> None:
+        """Other given boxes (a benchmark's looped recording); the detect stage reads them per frame."""
+        self.detect.boxes = provider
 
     @property
     def quality(self) -> QualityAssessor:

@@ -14,6 +14,9 @@ here). Models: the committed demo bundles on onnxruntime.
   --throughput  hagview-annotate itself, each run in a fresh process: fps and real-time factor
               without and with --render, peak resident memory (ru_maxrss of that process).
   --jobs      hagview-annotate --jobs 2 on four short videos against --jobs 1 (wall time).
+  --memory M  resident memory over M minutes of 1080p video annotated with --render (the clip
+              looped, frame indices and times running on, as one long recording): VmRSS sampled
+              every 250 frames, its peak and its growth after the first minute.
 
   .venv/bin/python scripts/bench_offline.py --profile --throughput --seconds 8
   .venv/bin/python scripts/bench_offline.py --profile --sizes 1920x1080 --seconds 4
@@ -38,7 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import cv2  # noqa: E402
-import numpy as np  # noqa: E402
 
 FPS = 25.0
 STAGES = ("decode", "fov", "detect.input", "detect.infer", "track", "size.input", "size.infer", "quality",
@@ -171,6 +173,81 @@ def jobs_compare(cache: Path, seconds: float, scratch: Path) -> dict:
             "speed-up": one["wall_s"] / two["wall_s"]}
 
 
+def rss_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def memory(video: Path, minutes: float, scratch: Path) -> dict:
+    """Annotate `minutes` of video (the clip looped as one recording) in this process with
+    --render; resident memory sampled along the way."""
+    from pipeline.annotate import AnnotationWriter
+    from pipeline.config import load_run_config
+    from pipeline.loading import build_analysis, default_bundle
+    from pipeline.offline import run_offline
+    from pipeline.sources import FileSource, VideoSource
+
+    class Looped(VideoSource):
+        """The clip played over and over as one recording of `frames` frames."""
+
+        def __init__(self, frames: int) -> None:
+            super().__init__()
+            self.left, self.index, self.offset = frames, 0, 0.0
+            self.inner = FileSource(video)
+            self.name = f"{video.name} looped"
+
+        def read(self):
+            if self.left <= 0:
+                return None
+            frame = self.inner.read()
+            if frame is None:
+                self.offset = self.last_pts + 1.0 / FPS
+                self.inner.close()
+                self.inner = FileSource(video)
+                frame = self.inner.read()
+            frame.pts += self.offset
+            frame.index, self.last_pts = self.index, frame.pts
+            self.index += 1
+            self.left -= 1
+            return frame
+
+        def close(self) -> None:
+            self.inner.close()
+
+    frames = int(minutes * 60 * FPS)
+    config = load_run_config(None)
+    analysis, info = build_analysis(config, sizer=default_bundle("sizer"), detector=default_bundle("detector"),
+                                    backend="onnxruntime", offline=True)
+    directory = scratch / "memory"
+    directory.mkdir(parents=True, exist_ok=True)
+    writer = AnnotationWriter(directory, render=True, mot=False, synthetic=info["synthetic"], fps=FPS,
+                              thumb_size=config.output.thumbnail_size, crf=config.output.render_crf,
+                              preset=config.output.render_preset, line_width=config.output.overlay_line_width)
+    samples: list[tuple[int, float]] = []
+    done = [0]
+
+    def sample() -> None:
+        done[0] += 1
+        if done[0] % 250 == 0:
+            samples.append((done[0], rss_mb()))
+    started = time.perf_counter()
+    source = Looped(frames)
+    try:
+        run_offline(source, analysis, writer, on_frame_done=sample,
+                    queue_capacity=config.runtime.offline_queue_capacity)
+        writer.finish("memory", {})
+    finally:
+        source.close()
+    warm = [mb for n, mb in samples if n >= 60 * FPS] or [mb for _, mb in samples]
+    return {"minutes": minutes, "frames": done[0], "wall_s": time.perf_counter() - started,
+            "peak_rss_mb": max(mb for _, mb in samples), "rss_after_first_minute_mb": warm[0],
+            "rss_end_mb": samples[-1][1], "growth_after_first_minute_mb": samples[-1][1] - warm[0],
+            "samples": samples}
+
+
 def _size(text: str) -> tuple[int, int]:
     w, h = text.lower().split("x")
     return int(w), int(h)
@@ -181,12 +258,13 @@ def main() -> int:
     p.add_argument("--profile", action="store_true", help="per-stage CPU table")
     p.add_argument("--throughput", action="store_true", help="hagview-annotate fps with and without --render")
     p.add_argument("--jobs", action="store_true", help="--jobs 2 against --jobs 1 on four short videos")
+    p.add_argument("--memory", type=float, metavar="MINUTES", help="resident memory over MINUTES of 1080p video")
     p.add_argument("--sizes", nargs="+", type=_size, default=[(640, 480), (1920, 1080), (1350, 1080)])
     p.add_argument("--seconds", type=float, default=8.0, help="length of each test video")
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "hagview" / "bench-offline"))
     p.add_argument("--out", default=str(ROOT / "bench-results" / "offline.json"))
     args = p.parse_args()
-    if not (args.profile or args.throughput or args.jobs):
+    if not (args.profile or args.throughput or args.jobs or args.memory):
         args.profile = args.throughput = True
     from pipeline.tuning import share_cores_between_threads
     share_cores_between_threads()
@@ -206,6 +284,9 @@ def main() -> int:
             entry["throughput"] = throughput(video, frames, scratch)
     if args.jobs:
         result["jobs"] = jobs_compare(cache, min(args.seconds, 4.0), scratch)
+    if args.memory:
+        clip = make_video(cache / f"demo-1920x1080-{args.seconds:g}s.mp4", (1920, 1080), args.seconds)
+        result["memory"] = memory(clip, args.memory, scratch)
     result["machine"]["load_average_after"] = os.getloadavg()
     print_table(result)
     out = Path(args.out)
@@ -232,6 +313,11 @@ def print_table(result: dict) -> None:
                 row = [result["sizes"][s].get("throughput", {}).get(label, {}).get(key) for s in sizes]
                 print(f"  {label + ' ' + unit:<21}"[:23].ljust(23) + "".join(f"{v:12.2f}" if v is not None else
                                                                             f"{'':>12}" for v in row))
+    if "memory" in result:
+        m = result["memory"]
+        print(f"\nmemory, {m['minutes']:g} min of 1080p with --render ({m['frames']} frames, {m['wall_s']:.0f} s): "
+              f"peak {m['peak_rss_mb']:.0f} MB, {m['rss_after_first_minute_mb']:.0f} MB after the first minute, "
+              f"{m['rss_end_mb']:.0f} MB at the end")
     if "jobs" in result:
         j = result["jobs"]
         print(f"\n--jobs 2 vs --jobs 1 on {j['videos']} videos of {j['seconds_each']:g} s: "

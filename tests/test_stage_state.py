@@ -51,7 +51,9 @@ def test_live_stage_state_is_used_by_one_thread_each(tmp_path, sizer, monkeypatc
     _record_threads(monkeypatch, SizingScheduler, ["choose", "record", "forget"], seen)
     _record_threads(monkeypatch, TrackSizer, ["add", "estimate", "retain"], seen)
     ended = threading.Event()
-    pipe = LivePipeline(str(clip), config=load_run_config(None, {"track.min_hits": 1}), sizer=str(sizer),
+    # Normal priority: at the default (idle) a busy machine may leave the analysis no time at all.
+    config = load_run_config(None, {"track.min_hits": 1, "runtime.analysis_priority": "normal"})
+    pipe = LivePipeline(str(clip), config=config, sizer=str(sizer),
                         boxes=str(clip.with_name("clip.gt.json")),
                         on_state=lambda s: ended.set() if s.state == "ended" else None)
     pipe.set_speed(3.0)
