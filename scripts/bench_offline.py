@@ -173,14 +173,6 @@ def jobs_compare(cache: Path, seconds: float, scratch: Path) -> dict:
             "speed-up": one["wall_s"] / two["wall_s"]}
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
 def memory(video: Path, minutes: float, scratch: Path) -> dict:
     """Annotate `minutes` of video (the clip looped as one recording) in this process with
     --render; resident memory sampled along the way."""
@@ -189,6 +181,7 @@ def memory(video: Path, minutes: float, scratch: Path) -> dict:
     from pipeline.loading import build_analysis, default_bundle
     from pipeline.offline import run_offline
     from pipeline.sources import FileSource, VideoSource
+    from bench_pipeline import rss_mb
 
     class Looped(VideoSource):
         """The clip played over and over as one recording of `frames` frames."""
