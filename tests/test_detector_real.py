@@ -86,3 +86,33 @@ def test_detector_real_config_reads_with_data_paths_set(tmp_path):
     assert cfg.data.augment.inset_p > 0 and cfg.data.augment.text_p > 0 and cfg.data.augment.specular_p > 0
     with pytest.raises(ConfigError, match="data.sources"):
         load_config("configs/train/detector_real.yaml")        # the roots are the user's to set
+
+
+def test_input_sweep_exports_the_same_weights_at_each_size(tmp_path):
+    import importlib.util
+    import torch
+
+    from pipeline.bundle import load_bundle
+    from trainer.models import build_model, save_checkpoint
+
+    spec = importlib.util.spec_from_file_location("detector_input_sweep", "scripts/detector_input_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    torch.manual_seed(0)
+    model = build_model("hag_detector", input_size=64, width_mult=0.125, neck_channels=8, head_channels=8)
+    metadata = {"kind": "detector",
+                "input_spec": {"streams": ["rgb"], "size": 64, "mean": [0.5] * 3, "std": [0.25] * 3,
+                               "fov_masking": True},
+                "detector": {"output_stride": 8, "score_threshold": 0.4, "max_detections": 10},
+                "data": {"kind": "synthetic", "root": "/data", "synthetic": True},
+                "config": {"model": {"name": "hag_detector"}}, "metrics": {}, "epoch": 1, "fold": 0}
+    save_checkpoint(model, tmp_path / "best.pt", metadata)
+    written = sweep.export_at_sizes(tmp_path / "best.pt", [64, 96], tmp_path / "sweep")
+    assert [p.name for p in written] == ["input-64", "input-96"]
+    small, large = (load_bundle(p) for p in written)
+    assert small.input_size[0] == 64 and large.input_size[0] == 96
+    assert large.init_kwargs["input_size"] == 96
+    assert large.manifest["outputs"]["decoding"]["score_threshold"] == 0.4
+    from safetensors.torch import load_file
+    a, b = load_file(str(written[0] / "weights.safetensors")), load_file(str(written[1] / "weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

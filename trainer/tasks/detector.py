@@ -246,6 +246,7 @@ class DetectorTask(Task):
         self._folds: list[list[str]] | None = None
         self._stride: int | None = None
         self._operating_threshold = self.options.score_threshold
+        self._imagenet_init: dict | None = None
 
     def _check_options(self) -> None:
         o = self.options
@@ -278,6 +279,7 @@ class DetectorTask(Task):
                             **m.kwargs)
         if m.pretrained is not None:
             self._load_pretrained_trunk(model, m.pretrained)
+            self._imagenet_init = dict(model.imagenet_init)
         self._stride = model.output_stride
         return model
 
@@ -457,4 +459,5 @@ class DetectorTask(Task):
                 "data": {"kind": data.kind, "root": root,
                          "synthetic": data.kind == "synthetic" or _is_synthetic_root(root)},
                 "detector": {"output_stride": self.stride, "score_threshold": float(self._operating_threshold),
-                             "max_detections": self.options.max_detections}}
+                             "max_detections": self.options.max_detections},
+                **({"imagenet_init": self._imagenet_init} if self._imagenet_init else {})}
