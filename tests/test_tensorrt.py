@@ -501,3 +501,24 @@ def test_a_failed_background_build_switches_to_torch_cuda(sizer_bundle, tmp_path
     assert engine.failures == ["tensorrt: RuntimeError: engine build failed"]
     assert "building tensorrt in the background failed (RuntimeError: engine build failed); still serving " \
            "with onnxruntime" in caplog.text
+
+
+def test_hagview_export_prebuilds_the_programs_with_progress(tmp_path, monkeypatch, capsys):
+    from trainer.export.cli import main as export_main
+    from trainer.models import save_checkpoint
+
+    torch.manual_seed(1)
+    model = build_model("hag_resnet18", streams=("rgb", "mask"), input_size=32, width_mult=0.125, hidden=8)
+    spec = {"streams": ["rgb", "mask"], "size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}
+    save_checkpoint(model, tmp_path / "best.pt", {"kind": "sizer", "input_spec": spec,
+                                                  "data": {"kind": "synthetic", "synthetic": True}})
+    compiler = fake.install(monkeypatch, fake.FakeCompiler(), fake.FakeCuda(count=2, current=0))
+    out = tmp_path / "bundle"
+    assert export_main([str(tmp_path / "best.pt"), "--out", str(out), "--exporter", "legacy", "--tensorrt",
+                        "--trt-batch-sizes", "1,2", "--trt-precision", "fp32", "--trt-device", "cuda:1"]) == 0
+    printed = capsys.readouterr().out
+    assert "hagview-export: building TensorRT engine 1/2 for bundle (fp32, batch 1)" in printed
+    assert "hagview-export: building TensorRT engine 2/2 for bundle (fp32, batch 2)" in printed
+    programs = sorted((out / "model.trt-cache").glob("*.pt2"))
+    assert len(programs) == 2 and all(f"hagview-export: tensorrt program {p}" in printed for p in programs)
+    assert [c["gpu_id"] for c in compiler.compiles] == [1, 1]
