@@ -22,8 +22,6 @@ esac
 OUT="${OUT:-$ROOT/bench-results/gpu-check}"
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
-: > "$LOG"
-exec > >(tee -a "$LOG") 2>&1
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 
 if [ "$DRY" = 1 ] && [ -x "$ROOT/.venv/bin/python" ]; then
@@ -45,6 +43,9 @@ run_step() {
     fi
     return 0
 }
+
+# the steps; run below with everything they print copied to $LOG
+check() {
 
 step "machine"
 echo "dry run: $([ "$DRY" = 1 ] && echo yes || echo no); python: $PY; out: $OUT"
@@ -113,3 +114,8 @@ if [ "${#FAILED[@]}" -eq 0 ]; then
 fi
 printf 'gpu_check: FAILED: %s\n' "${FAILED[@]}"
 exit 1
+}
+
+# a pipe rather than `exec > >(tee ...)`: the script ends only after tee has written everything
+( check ) 2>&1 | tee "$LOG"
+exit "${PIPESTATUS[0]}"
