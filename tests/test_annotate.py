@@ -60,8 +60,6 @@ def test_full_annotation_with_given_boxes(tmp_path, clip, sizer):
 
     html = (d / "report.html").read_text()
     assert "<svg" in html and p["thumbnail"] in html and "SYNTHETIC-TRAINED MODEL" in html
-
-    # Same frame count and timestamps as the input, with the overlay burnt in.
     # the given boxes are the clip's ground truth: what clinicians read, against it (6 mm polyp)
     accuracy = json.loads((d / "accuracy.json").read_text())
     assert accuracy["per_frame"]["count"] == 22 and accuracy["per_polyp"]["count"] == 1
@@ -71,6 +69,8 @@ def test_full_annotation_with_given_boxes(tmp_path, clip, sizer):
     assert first["polyps"] == 1 and first["never_sized_rate"] == 0
     assert first["median_s"] == pytest.approx(0.2 - 0.1 * next(i for i, f in enumerate(gt["frames"]) if f["polyps"]))
     assert "Size accuracy against ground truth" in html and "Bland-Altman, per frame" in html
+
+    # Same frame count and timestamps as the input, with the overlay burnt in.
     assert decode_times(d / "annotated.mp4") == pytest.approx(input_times, abs=1e-6)
     frames = decode_images(d / "annotated.mp4")
     original = decode_images(path)
