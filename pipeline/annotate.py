@@ -37,6 +37,7 @@ from pipeline.cli_util import EXIT_FAILURE, EXIT_OK, ArgumentParser, add_run_opt
 from pipeline.errors import ConfigError, HagviewError, describe_error
 from pipeline.fsutil import atomic_dir, check_writable_dir, write_json_atomic, write_text_atomic
 from pipeline.progress import Progress
+from pipeline.sizeclass import DIMINUTIVE_MAX_MM, LARGE_MIN_MM
 
 from .archive import (Task, clear_failure, parse_shard, record_failure, run_jobs, shard_indices, threads_per_job,
                       write_summary)
@@ -446,7 +447,10 @@ def annotate_input(spec: str, directory: Path, make_analysis, options: AnnotateO
                    "models": model_info, "every": options.every, "render": options.render, "mot": options.mot,
                    "frames": writer.frames_written, "frames_analysed": writer.frames_analysed,
                    "polyps": len(polyps), "seconds": round(elapsed, 3), "source": dict(source.counters),
-                   "stats": stats, "config": run_config_to_dict(config)}
+                   "stats": stats, "config": run_config_to_dict(config),
+                   # the boundaries the shown classes were decided with (the sizer bundle's decision)
+                   "class_thresholds_mm": {"diminutive_max": analysis.smooth.smoothers.smoother_settings.get(
+                       "diminutive_max_mm", DIMINUTIVE_MAX_MM), "large_min": LARGE_MIN_MM}}
             write_json_atomic(tmp / "run.json", run)
     finally:
         source.close()

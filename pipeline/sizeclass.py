@@ -16,10 +16,14 @@ def clip_size(size_mm):
     return np.clip(size_mm, MIN_SIZE_MM, MAX_SIZE_MM)
 
 
-def triclass_index(size_mm):
-    """0 diminutive (<= 5), 1 small (5 < s < 10), 2 large (>= 10); works on scalars and arrays."""
+def triclass_index(size_mm, diminutive_max_mm: float = DIMINUTIVE_MAX_MM):
+    """0 diminutive (<= 5), 1 small (5 < s < 10), 2 large (>= 10); works on scalars and arrays.
+
+    `diminutive_max_mm`: a decision threshold for predictions other than the 5 mm of the
+    definition (the reference protocol calls predictions <= 4.75 mm diminutive).
+    """
     s = np.asarray(size_mm, dtype=np.float64)
-    out = np.where(s <= DIMINUTIVE_MAX_MM, 0, np.where(s >= LARGE_MIN_MM, 2, 1))
+    out = np.where(s <= diminutive_max_mm, 0, np.where(s >= LARGE_MIN_MM, 2, 1))
     return int(out) if out.ndim == 0 else out
 
 

@@ -120,7 +120,8 @@ class TrackSizingStage:
     """
 
     def __init__(self, engine, spec: SizerInputSpec, policy: SizingPolicy = SizingPolicy(),
-                 name: str = "sizer", depth=None, clamp_mm: tuple[float, float] | None = None) -> None:
+                 name: str = "sizer", depth=None, clamp_mm: tuple[float, float] | None = None,
+                 diminutive_max_mm: float | None = None) -> None:
         if "depth" in spec.streams and depth is None:
             raise BundleError(f"{name}: the sizer takes a depth stream; give it a depth bundle "
                               f"(hagview --depth-bundle, pipeline.depth)")
@@ -129,6 +130,7 @@ class TrackSizingStage:
         self.name = name
         self.depth = depth                # pipeline.depth.DepthEstimator, for a depth stream
         self.clamp_mm = clamp_mm
+        self.diminutive_max_mm = diminutive_max_mm   # the bundle's decision threshold, for the shown class
         self.scheduler = SizingScheduler(policy)
         self._lock = threading.Lock()     # offline runs size several frames at once
 
@@ -151,7 +153,8 @@ class TrackSizingStage:
         clamp = decision.get("clamp_mm")
         engine = load_engine(bundle, backend=backend, threads=threads or None)
         stage = cls(engine, spec, policy, name=str(bundle_path), depth=depth,
-                    clamp_mm=None if clamp is None else (float(clamp[0]), float(clamp[1])))
+                    clamp_mm=None if clamp is None else (float(clamp[0]), float(clamp[1])),
+                    diminutive_max_mm=decision.get("diminutive_max_mm"))
         stage.bundle = bundle
         return stage
 

@@ -46,7 +46,7 @@ import numpy as np
 
 from pipeline.calibration import TrackInterval
 from pipeline.errors import ConfigError
-from pipeline.sizeclass import MAX_SIZE_MM, MIN_SIZE_MM, TRICLASS_NAMES, triclass_index
+from pipeline.sizeclass import DIMINUTIVE_MAX_MM, MAX_SIZE_MM, MIN_SIZE_MM, TRICLASS_NAMES, triclass_index
 
 from .types import SizeEstimate
 
@@ -79,27 +79,32 @@ def claimed_classes(claim: str) -> tuple[str, ...]:
     return TRICLASS_NAMES[lo:hi + 1]
 
 
-def _span(low_mm: float, high_mm: float, ratio: float = 1.0) -> tuple[int, int]:
+def _span(low_mm: float, high_mm: float, ratio: float = 1.0,
+          diminutive_max_mm: float = DIMINUTIVE_MAX_MM) -> tuple[int, int]:
     """Classes touched by [low / ratio, high * ratio], exact and as printed to 0.1 mm."""
     low, high = low_mm / ratio, high_mm * ratio
-    return (min(triclass_index(low), triclass_index(round(low, 1))),
-            max(triclass_index(high), triclass_index(round(high, 1))))
+
+    def cls(v):
+        return triclass_index(v, diminutive_max_mm)
+    return min(cls(low), cls(round(low, 1))), max(cls(high), cls(round(high, 1)))
 
 
-def size_claim(low_mm: float, high_mm: float) -> str:
+def size_claim(low_mm: float, high_mm: float, diminutive_max_mm: float = DIMINUTIVE_MAX_MM) -> str:
     """The claim that names every class the interval touches (no hysteresis)."""
-    return SIZE_CLAIMS[_span(low_mm, high_mm)]
+    return SIZE_CLAIMS[_span(low_mm, high_mm, diminutive_max_mm=diminutive_max_mm)]
 
 
-def claim_contradicts(size_mm: float, low_mm: float, high_mm: float, claim: str) -> str | None:
+def claim_contradicts(size_mm: float, low_mm: float, high_mm: float, claim: str,
+                      diminutive_max_mm: float = DIMINUTIVE_MAX_MM) -> str | None:
     """Why a shown (size, interval, claim) contradicts itself, or None: the claim must admit the
-    class of the size and of every size in the interval, exactly and as printed to 0.1 mm."""
+    class of the size and of every size in the interval, exactly and as printed to 0.1 mm, with
+    the sizer bundle's decision threshold for diminutive (`outputs.decision.diminutive_max_mm`)."""
     if claim not in CLAIM_SPANS:
         return f"unknown class {claim!r}"
     if not low_mm <= size_mm <= high_mm:
         return f"size {size_mm} outside its interval [{low_mm}, {high_mm}]"
     lo, hi = CLAIM_SPANS[claim]
-    need_lo, need_hi = _span(low_mm, high_mm)
+    need_lo, need_hi = _span(low_mm, high_mm, diminutive_max_mm=diminutive_max_mm)
     if need_lo < lo or need_hi > hi:
         return f"[{low_mm:.1f}-{high_mm:.1f}] mm reaches {SIZE_CLAIMS[(need_lo, need_hi)]} but the label says {claim}"
     return None
@@ -122,9 +127,13 @@ class SizeSmoother:
     must do so. confidence_level: of the interval. prior_log_sd / prior_frames: per-frame
     log-error sd assumed before data says otherwise, and how many frames that assumption is
     worth. uncalibrated_log_sd: the sizer's shared log error assumed without a calibration.
+    diminutive_max_mm: the class boundary for diminutive, from the sizer bundle's decision block
+    (5 mm by definition; the reference protocol decides at 4.75 mm); like `interval`, it comes
+    with the sizer bundle, so it is not keyword-only and not a run-config key.
     """
 
-    def __init__(self, interval: TrackInterval | None = None, *, window: int = 150,
+    def __init__(self, interval: TrackInterval | None = None, diminutive_max_mm: float = DIMINUTIVE_MAX_MM, *,
+                 window: int = 150,
                  half_life: float | None = 60.0, hysteresis_mm_ratio: float = 1.1, switch_after_frames: int = 5,
                  confidence_level: float = 0.9, prior_log_sd: float = 0.25, prior_frames: float = 3.0,
                  uncalibrated_log_sd: float = 0.25):
@@ -148,6 +157,8 @@ class SizeSmoother:
             bad("prior_frames", prior_frames, "a number >= 0")
         if not (isinstance(uncalibrated_log_sd, (int, float)) and uncalibrated_log_sd > 0):
             bad("uncalibrated_log_sd", uncalibrated_log_sd, "a number > 0 (log-size error shared by a track's frames)")
+        if not (isinstance(diminutive_max_mm, (int, float)) and MIN_SIZE_MM < diminutive_max_mm < 10.0):
+            bad("diminutive_max_mm", diminutive_max_mm, f"a size in ({MIN_SIZE_MM}, 10) mm")
         if interval is not None and abs(interval.level - confidence_level) > 1e-9:
             bad("confidence_level", confidence_level, f"the calibrated interval's level {interval.level:g}")
         self.interval = interval
@@ -159,6 +170,7 @@ class SizeSmoother:
         self.prior_frames = float(prior_frames)
         self.uncalibrated_log_sd = float(uncalibrated_log_sd)
         self.hysteresis_ratio = float(hysteresis_mm_ratio)
+        self.diminutive_max_mm = float(diminutive_max_mm)
 
         self._log_sizes: deque[float] = deque(maxlen=self.window)
         self._weights: deque[float] = deque(maxlen=self.window)
@@ -236,15 +248,16 @@ class SizeSmoother:
         return mu, self.z * math.sqrt(se ** 2 + self.uncalibrated_log_sd ** 2)
 
     def _update_class(self, low: float, high: float) -> None:
-        exact = _span(low, high)
+        exact = _span(low, high, diminutive_max_mm=self.diminutive_max_mm)
         shown = self._shown_class
         if shown is None or exact[0] < shown[0] or exact[1] > shown[1]:
             # The interval reaches a class the claim leaves out: widen now, with the margin,
             # so it does not have to widen again on the next wobble.
-            self._shown_class = _span(low, high, self.hysteresis_ratio) if shown is not None else exact
+            self._shown_class = _span(low, high, self.hysteresis_ratio, self.diminutive_max_mm) \
+                if shown is not None else exact
             self._pending_class, self._pending_count = None, 0
             return
-        candidate = _span(low, high, self.hysteresis_ratio)     # narrower only with the margin
+        candidate = _span(low, high, self.hysteresis_ratio, self.diminutive_max_mm)  # narrower only with the margin
         if candidate == shown or not (candidate[0] >= shown[0] and candidate[1] <= shown[1]):
             self._pending_class, self._pending_count = None, 0
             return
@@ -280,6 +293,11 @@ class TrackSizer:
         if smoother is None:
             smoother = self._smoothers[track_id] = SizeSmoother(self.interval, **self._kwargs)
         return smoother.add(size_mm, confidence, quality)
+
+    @property
+    def smoother_settings(self) -> dict:
+        """The keyword arguments every new SizeSmoother gets."""
+        return dict(self._kwargs)
 
     def estimate(self, track_id: int) -> SizeEstimate | None:
         smoother = self._smoothers.get(track_id)

@@ -191,10 +191,13 @@ class SmoothStage(AnalysisStage):
 
     name = "smooth"
 
-    def __init__(self, quality: QualityAssessor, smooth_config, interval=None) -> None:
+    def __init__(self, quality: QualityAssessor, smooth_config, interval=None,
+                 diminutive_max_mm: float | None = None) -> None:
         super().__init__()
         self.quality = quality
         self._kwargs = section_kwargs(smooth_config)
+        if diminutive_max_mm is not None:    # the sizer bundle's decision threshold
+            self._kwargs["diminutive_max_mm"] = float(diminutive_max_mm)
         self._interval = interval
         self.smoothers = TrackSizer(interval, **self._kwargs)
 
@@ -255,7 +258,8 @@ class Analysis:
         self.detect = DetectStage(detector, boxes, config.detect.score_threshold, config.detect.max_detections)
         self.track = TrackStage(config.track)
         self.size = SizeStage(sizer)
-        self.smooth = SmoothStage(QualityAssessor(**quality), config.smooth, self.interval)
+        self.smooth = SmoothStage(QualityAssessor(**quality), config.smooth, self.interval,
+                                  getattr(sizer, "diminutive_max_mm", None))
         self.generation = 0
         self.reset()
 

@@ -200,6 +200,12 @@ def test_masked_frame_and_depth_sizer_trains_exports_and_runs_in_the_pipeline(de
                                   fov_mask=None if not stage.spec.fov_masking else _fov(frame))
     direct = np.clip(stage.engine.run(inputs)["size_mm"].reshape(-1), 0.5, 22.0)
     np.testing.assert_allclose([sizes[1], sizes[2]], direct, rtol=1e-5)
+    # the bundle's decision threshold reaches the class the pipeline shows
+    from pipeline.config import load_run_config
+    from pipeline.stages import Analysis
+    assert stage.diminutive_max_mm == 4.75
+    analysis = Analysis(load_run_config(None), boxes=lambda frame: [], sizer=stage)
+    assert analysis.smooth.smoothers.smoother_settings["diminutive_max_mm"] == 4.75
 
 
 def _fov(frame):

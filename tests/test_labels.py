@@ -65,6 +65,8 @@ def test_demo_ran_with_the_calibrated_interval(demo_run):
     assert run["models"]["interval"].startswith("90% interval calibrated on synthetic data (given boxes")
     assert "90% interval calibrated on synthetic data" in (directory / "report.html").read_text()
     assert len(results) == run["frames"] == 150 and len(burnt) > 100
+    # the demo sizer decides classes at the definition's boundaries (no decision block)
+    assert run["class_thresholds_mm"] == {"diminutive_max": 5.0, "large_min": 10.0}
 
 
 def test_burnt_in_and_viewer_overlay_labels_never_contradict_themselves(demo_run):

@@ -196,3 +196,20 @@ def test_track_sizer_keeps_tracks_apart_and_drops_state():
         TrackSizer(window=-3)
     with pytest.raises(ConfigError, match="TrackSizer: .*windows"):
         TrackSizer(windows=3)
+
+
+def test_bundle_decision_threshold_moves_the_shown_class():
+    """A sizer bundle deciding diminutive at <= 4.75 mm (the reference protocol) shows 4.9 mm as
+    small; the default 5 mm boundary shows it as diminutive. Either way the label agrees with
+    itself under the threshold it was made with, and is flagged under the other one."""
+    tight = flat(1.01)
+    at_5 = SizeSmoother(tight, confidence_level=0.9)
+    at_475 = SizeSmoother(tight, confidence_level=0.9, diminutive_max_mm=4.75)
+    for _ in range(10):
+        e5, e475 = at_5.add(4.9), at_475.add(4.9)
+    assert e5.size_class == "diminutive" and e475.size_class == "small"
+    assert claim_contradicts(e475.size_mm, e475.low_mm, e475.high_mm, e475.size_class, diminutive_max_mm=4.75) is None
+    assert claim_contradicts(e475.size_mm, e475.low_mm, e475.high_mm, e475.size_class) is not None
+    assert size_claim(4.8, 4.95, diminutive_max_mm=4.75) == "small"
+    with pytest.raises(ConfigError, match="diminutive_max_mm"):
+        SizeSmoother(tight, confidence_level=0.9, diminutive_max_mm=12.0)
