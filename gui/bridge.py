@@ -1,18 +1,21 @@
 """Between the pipeline's threads and the GUI thread.
 
-- Frames: the pipeline calls `prepare` and then `on_result` on its capture thread. `prepare`
+- Frames: the viewer is the live graph's display sink (`ViewerSink`, one per opened source);
+  the pipeline calls its `prepare` and then its `deliver` on the capture thread. `prepare`
   scales the frame to the video area (cv2, ~2 ms for 1080p, without the GIL) into one of four
   reused buffers; for a replayed file the pipeline calls it while the decoded frame waits for
-  its media time, for a live source as the frame arrives. `on_result` offers the frame to the
-  recorder (a non-blocking put), leaves it in a latest-value slot and, when the GUI has not been
-  told yet, announces it with `frame_ready` (delivered on the GUI thread as a queued signal).
-  The GUI takes the newest frame; there is never more than one notification waiting, so a slow
-  paint skips frames instead of piling them up. One thread hop from decoder to paint: a display
-  thread in between cost a wake-up and a GIL hand-over per frame.
-- The display gate: from a frame's arrival until the GUI reports it painted (`frame_shown`),
-  the analysis threads start no stage and the capture thread waits (at most
-  `DISPLAY_WAIT_S`) before reading the next frame, so the paint never queues for the
-  interpreter lock behind Python work that can wait a few milliseconds.
+  its media time, for a live source as the frame arrives. `deliver` offers the frame to the
+  recorder (a non-blocking put), leaves it in the graph's latest-wins slot (pipeline.graph
+  `LatestSlot`, the edge display -> GUI thread) and, when the slot was empty, announces it with
+  `frame_ready` (delivered on the GUI thread as a queued signal). The GUI takes the newest
+  frame without waiting on the slot; there is never more than one notification waiting, so a
+  slow paint skips frames (the slot's drops) instead of piling them up. One thread hop from
+  decoder to paint: a display thread in between cost a wake-up and a GIL hand-over per frame.
+- The display gate (scheduling, given to the pipeline in its `LiveScheduling`): from a frame's
+  arrival until the GUI reports it painted (`frame_shown`), the analysis threads start no stage
+  and the capture thread waits (at most `DISPLAY_WAIT_S`) before reading the next frame, so the
+  paint never queues for the interpreter lock behind Python work that can wait a few
+  milliseconds.
 - After loading a pipeline, everything alive is frozen out of the garbage collector's reach
   (`freeze_loaded_objects`), so no full collection stops every thread during playback.
 - Commands (open, pause, seek, speed, threshold, snapshot, stopping a recording): run one at a
@@ -34,6 +37,8 @@ from typing import Any, Callable
 import numpy as np
 from PyQt6.QtCore import QObject, pyqtSignal
 
+from pipeline.graph import LatestSlot
+from pipeline.live import DisplaySink, LiveScheduling
 from pipeline.runtime import LivePipeline, freeze_loaded_objects
 from pipeline.sources.base import SourceStatus, VideoSource
 from pipeline.types import Frame, FrameResult
@@ -61,6 +66,24 @@ class SourceInfo:
     model_info: dict[str, Any]
 
 
+class ViewerSink(DisplaySink):
+    """The viewer's end of one opened source's live graph: frames of a replaced source (an
+    older `session`) are dropped. Looks the bridge's methods up per call, so a test can watch
+    them."""
+
+    def __init__(self, bridge: "PipelineBridge", session: int) -> None:
+        self.bridge = bridge
+        self.session = session
+        self.policy = bridge.frames.policy
+        self.capacity = bridge.frames.capacity
+
+    def prepare(self, frame: Frame) -> np.ndarray | None:
+        return self.bridge._prepare(self.session, frame)
+
+    def deliver(self, result: FrameResult) -> None:
+        self.bridge._on_result(self.session, result)
+
+
 class PipelineBridge(QObject):
     frame_ready = pyqtSignal()                 # take_result() has a new frame
     state_changed = pyqtSignal(str, str)       # SourceStatus state, message
@@ -83,10 +106,11 @@ class PipelineBridge(QObject):
         self.info: SourceInfo | None = None
         self.recorder: Recorder | None = None
         self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hagview-control")
+        # Held while a frame is put, taken or its buffer looked at, so that the session check
+        # and the put, and the take and `_painting`, happen as one (lock order: this, then the
+        # slot's own).
         self._lock = threading.Lock()
-        self._latest: FrameResult | None = None
-        self._notified = False
-        self.gui_skipped = 0
+        self.frames: LatestSlot[FrameResult] = LatestSlot("display")     # capture -> GUI thread
         self.scale_cpu_ms: deque[float] = deque(maxlen=3000)    # display scaling CPU per frame
         self.display_area: Callable[[], tuple[int, int]] | None = None   # the video area, device pixels
         self.display_idle = threading.Event()    # clear from a frame's arrival to its paint
@@ -129,11 +153,9 @@ class PipelineBridge(QObject):
             if session != self._session:
                 self.display_idle.set()
                 return
-            if self._latest is not None:
-                self.gui_skipped += 1            # the GUI had not taken the previous one yet
-            self._latest = result
-            notify = not self._notified
-            self._notified = True
+            # Tell the GUI only when the slot was empty: otherwise a notification is still on
+            # its way and will take this newer frame (the replaced one counts as a drop).
+            notify = self.frames.put(result)
         if notify:
             self.frame_ready.emit()
         # Off the interpreter lock until the GUI has painted it: reading the next frame now
@@ -149,20 +171,25 @@ class PipelineBridge(QObject):
         if not self._buffers or self._buffers[0].shape != (height, width, 3):
             self._buffers = [np.empty((height, width, 3), np.uint8) for _ in range(DISPLAY_BUFFERS)]
         with self._lock:
-            busy = [self._shown, self._painting, self._latest.display if self._latest is not None else None]
+            waiting = self.frames.peek()
+            busy = [self._shown, self._painting, waiting.display if waiting is not None else None]
         return next((b for b in self._buffers if not any(b is other for other in busy)), None)
 
     def take_result(self) -> FrameResult | None:
         """The newest result since the last call (`display`: its frame scaled for the video
         area, or None), or None. Nothing to paint opens the display gate again."""
         with self._lock:
-            latest, self._latest = self._latest, None
-            self._notified = False
+            latest = self.frames.get(timeout=0)
             if latest is not None:
                 self._painting = latest.display
         if latest is None:
             self.display_idle.set()
         return latest
+
+    @property
+    def gui_skipped(self) -> int:
+        """Frames replaced before the GUI took them."""
+        return self.frames.drops
 
     def frame_shown(self, display: Any = None) -> None:
         """The GUI thread has painted the frame from `take_result` (`display`: its scaled
@@ -200,9 +227,8 @@ class PipelineBridge(QObject):
             self.state_changed.emit("reconnecting", f"opening {spec}")
             try:
                 pipe = LivePipeline(source, config=self.config, sizer=self.sizer, detector=self.detector,
-                                    backend=self.backend, boxes=self.boxes, display_gate=self.display_idle,
-                                    prepare=lambda frame: self._prepare(session, frame),
-                                    on_result=lambda r: self._on_result(session, r),
+                                    backend=self.backend, boxes=self.boxes, display=ViewerSink(self, session),
+                                    scheduling=LiveScheduling(display_gate=self.display_idle),
                                     on_state=lambda s: self._on_state(session, s))
             except Exception as exc:
                 log.debug("opening %s failed", spec, exc_info=True)
@@ -303,7 +329,7 @@ class PipelineBridge(QObject):
         if pipe is not None:
             pipe.stop()
         with self._lock:
-            self._latest = None
+            self.frames.clear()
         self.display_idle.set()
 
     def shutdown(self, timeout: float = 15.0) -> RecordingSummary | None:

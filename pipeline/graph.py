@@ -98,16 +98,25 @@ class LatestSlot(_Edge[T]):
     def depth(self) -> int:
         return int(self._full)
 
-    def put(self, item: T) -> None:
+    def put(self, item: T) -> bool:
+        """True when the slot was empty: a consumer that is told about new items (rather than
+        waiting in `get`) needs telling now; otherwise it has not yet taken the one replaced."""
         with self._cond:
             if self._closed:
                 raise EdgeClosed(self.name)
-            if self._full:
+            was_empty = not self._full
+            if not was_empty:
                 self.drops += 1
             self._item, self._full = item, True
             self.puts += 1
             self.max_depth = max(self.max_depth, 1)
             self._cond.notify()
+            return was_empty
+
+    def peek(self) -> T | None:
+        """The waiting item, left in place (None when empty)."""
+        with self._cond:
+            return self._item
 
     def get(self, timeout: float | None = None) -> T | None:
         """The newest item; None on time-out; EdgeClosed once closed and empty."""

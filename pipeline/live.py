@@ -2,11 +2,15 @@
 
 Topology (`LivePipeline.flows()` lists it as built, with each edge's policy and capacity):
 
-    capture --call--> display            every frame, at once, on the capture thread
+    capture --(the sink's policy)--> display    every frame, at once, from the capture thread
        |
        +--latest(1)--> preprocess --latest(1)--> detect --latest(1)--> track --latest(1)-->
                        size --latest(1)--> smooth --publish--> overlay join (newest-at-or-before, 16)
     overlay join --newest at or before the frame--> display
+
+`display` is a `DisplaySink` the consumer plugs in: the viewer's hands each frame to the GUI
+thread through a latest-wins slot of capacity one (gui.bridge); `on_result=` makes a sink that
+calls back on the capture thread (a direct call, nothing waits).
 
 The video path never waits for the analysis: each frame goes out paired with the newest overlay
 already computed for a frame at or before it (`FrameResult.overlay_frame_index`). The analysis
@@ -23,7 +27,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -61,21 +65,62 @@ class LiveScheduling:
     """How the live graph's threads share the machine (not which stages feed which).
 
     `analysis_priority`: the analysis threads' priority against the capture and display threads
-    (graph.STAGE_PRIORITIES). `display_gate`: cleared by the capture thread as each frame arrives
-    and set by the display consumer once that frame is on screen; meanwhile the analysis threads
-    start no stage (at most `graph.GATE_WAIT_S` each), so the display path does not queue for the
-    interpreter lock behind tracking or smoothing."""
-    analysis_priority: str = "idle"
+    (graph.STAGE_PRIORITIES; None: the run config's `runtime.analysis_priority`).
+    `display_gate`: cleared by the capture thread as each frame arrives and set by the display
+    consumer once that frame is on screen; meanwhile the analysis threads start no stage (at most
+    `graph.GATE_WAIT_S` each), so the display path does not queue for the interpreter lock behind
+    tracking or smoothing."""
+    analysis_priority: str | None = None
     display_gate: threading.Event | None = None
+
+
+class DisplaySink:
+    """The display end of the live graph, supplied by its consumer; both methods run on the
+    capture thread and must return quickly.
+
+    `prepare(frame)`: the consumer's own work on a frame that does not depend on the analysis
+    (the viewer scales it to its video area); what it returns comes back as `FrameResult.display`.
+    For a file replayed at its media time it runs while the decoded frame waits for that time, as
+    a player renders ahead; otherwise (live sources, steps, "as fast as possible") right after the
+    frame arrives, so there it is part of the display delay.
+    `deliver(result)`: the frame with the newest overlay at or before it, at once.
+    `policy`/`capacity`: how frames wait between the capture thread and whoever shows them (the
+    edge `flows()` lists); "call"/0 when `deliver` itself is the consumer."""
+
+    name = "display"
+    policy = "call"
+    capacity = 0
+
+    def prepare(self, frame: Frame) -> Any:
+        return None
+
+    def deliver(self, result: FrameResult) -> None:
+        raise NotImplementedError
+
+
+class CallbackSink(DisplaySink):
+    """`on_result(FrameResult)` called on the capture thread (tests, benchmarks, embedding)."""
+
+    def __init__(self, on_result: Callable[[FrameResult], None],
+                 prepare: Callable[[Frame], Any] | None = None) -> None:
+        self.on_result = on_result
+        self._prepare = prepare
+
+    def prepare(self, frame: Frame) -> Any:
+        return None if self._prepare is None else self._prepare(frame)
+
+    def deliver(self, result: FrameResult) -> None:
+        self.on_result(result)
 
 
 class LivePipeline:
     """Live capture and replay, driven by the viewer (docs/design.md, "Pipeline runtime").
 
-    Callbacks run on pipeline threads: `on_result(FrameResult)` for every captured frame, on
-    the capture thread right after the frame arrives (it must return quickly: hand the frame
-    to another thread, as the viewer does by posting it to the GUI thread), and
-    `on_state(SourceStatus)` when the source state changes.
+    Every captured frame goes to the `display` sink (`DisplaySink`), on the capture thread right
+    after the frame arrives; `on_result(FrameResult)` instead of a sink is the same as
+    `display=CallbackSink(on_result)`. `on_state(SourceStatus)` is called (on a pipeline thread)
+    when the source state changes. `scheduling`: thread priorities and the display gate
+    (`LiveScheduling`); not given, the run config's priority and no gate.
 
     `source`: "demo", "/dev/videoN", "N", a file path, a stream URL, or an opened VideoSource.
     The constructor opens the source and loads the models: it raises SourceError, BundleError,
@@ -85,29 +130,21 @@ class LivePipeline:
     "ground-truth" for the demo's own); "demo" without a detector uses its ground truth.
     Files replay at their media time x `set_speed()`; at the end the state is "ended" and
     the pipeline waits (paused) for a seek. After a seek the tracker and smoothers start over.
-
-    `display_gate`: for a consumer that shows the frames (the viewer). The capture thread clears
-    it as each frame arrives, before handing it on; the consumer sets it once that frame is on
-    screen. Meanwhile the analysis threads start no stage (`StageGraph` gate, at most
-    `graph.GATE_WAIT_S` each), so the display path does not queue for the interpreter lock behind
-    tracking or smoothing; it has the cores by `runtime.analysis_priority` already.
-
-    `prepare(frame)`: the consumer's own work on a frame that does not depend on the analysis
-    (the viewer scales it to its video area); what it returns comes back as `FrameResult.display`.
-    It runs on the capture thread: for a file replayed at its media time, while the decoded frame
-    waits for that time, as a player renders ahead; otherwise (live sources, steps, "as fast as
-    possible") right after the frame arrives, so there it is part of the display delay.
     """
 
     def __init__(self, source: "str | VideoSource" = "demo", config: RunConfig | None = None, sizer: str | Path | None = None,
                  detector: str | Path | None = None, backend: str = "auto",
                  on_result: Callable[[FrameResult], None] | None = None,
                  on_state: Callable[[SourceStatus], None] | None = None, *,
-                 boxes: str | Path | None = None, display_gate: threading.Event | None = None,
-                 prepare: Callable[[Frame], Any] | None = None) -> None:
+                 boxes: str | Path | None = None, display: DisplaySink | None = None,
+                 scheduling: LiveScheduling | None = None) -> None:
+        if display is not None and on_result is not None:
+            raise ValueError("LivePipeline: give a display sink or on_result, not both")
         self.config = config or load_run_config(None)
-        self.prepare = prepare
-        self.on_result = on_result or (lambda result: None)
+        self.display = display if display is not None else CallbackSink(on_result or (lambda result: None))
+        scheduling = scheduling or LiveScheduling()
+        self.scheduling = replace(scheduling, analysis_priority=scheduling.analysis_priority
+                                  or self.config.runtime.analysis_priority)
         self.on_state = on_state or (lambda status: None)
         self._state = SourceStatus("paused", "not started")
         # Everything a callback reads exists before the source opens: a reconnecting source
@@ -138,21 +175,21 @@ class LivePipeline:
             # Loaded at the analysis threads' priority, so that an engine's own worker threads
             # (made with its session) run at it too.
             self.analysis, self.model_info = call_at_priority(
-                self.config.runtime.analysis_priority, build_analysis, self.config, sizer=sizer,
+                self.scheduling.analysis_priority, build_analysis, self.config, sizer=sizer,
                 detector=detector, boxes=boxes, backend=backend)
         except BaseException:
             self.source.close()
             raise
         self.backend_name = self.model_info["backend"] or "none"
         self.latency = LatencyStats(self.config.runtime.stats_window)
-        self.scheduling = LiveScheduling(self.config.runtime.analysis_priority, display_gate)
         # The topology. capture -> analysis: latest-wins slots of capacity one on every edge,
         # so the analysis skips frames rather than falling behind; smooth -> overlay join.
         self.graph = StageGraph(self.analysis.stages(), sink=self._publish, policy="latest",
                                 latency=self.latency, on_error=self._analysis_failed,
                                 priority=self.scheduling.analysis_priority, gate=self.scheduling.display_gate)
         self.overlays: OverlayJoin[list[TrackReport]] = OverlayJoin("overlay", keep=OVERLAYS_KEPT)
-        # capture -> display is a direct call on the capture thread (`_emit`): no edge to wait on.
+        # capture -> display: the sink is called on the capture thread (`_emit`); how frames wait
+        # behind it is the sink's own edge (its policy and capacity).
         self._clock = MediaClock(max_wait_s=MAX_REPLAY_WAIT_S)
         self.fps_in = FpsMeter()
         self.fps_out = FpsMeter()
@@ -264,11 +301,12 @@ class LivePipeline:
     def flows(self) -> list[Flow]:
         """The live graph's edges as built (docs/design.md draws them)."""
         names = [stage.name for stage in self.graph.stages]
-        flows = [Flow("capture", "display", "call", 0)]
+        display = self.display
+        flows = [Flow("capture", display.name, display.policy, display.capacity)]
         for source, edge in zip(["capture"] + names, self.graph.edges):
             flows.append(Flow(source, edge.name.removeprefix("in:"), edge.policy, edge.capacity))
         flows.append(Flow(names[-1], self.overlays.name, self.overlays.policy, self.overlays.capacity))
-        flows.append(Flow(self.overlays.name, "display", "call", 0))
+        flows.append(Flow(self.overlays.name, display.name, "call", 0))
         return flows
 
     # --- threads ---------------------------------------------------------------------------
@@ -347,10 +385,8 @@ class LivePipeline:
         self._clock.resync()
 
     def _prepare(self, frame: Frame) -> Any:
-        if self.prepare is None:
-            return None
         try:
-            return self.prepare(frame)
+            return self.display.prepare(frame)
         except Exception:   # a consumer bug must not stop the video
             log.exception("prepare callback failed")
             return None
@@ -364,9 +400,10 @@ class LivePipeline:
         frame.stamps["output"] = time.perf_counter()
         self.latency.add("display_path", frame.stamps["output"] - frame.stamps["capture"])
         try:
-            self.on_result(FrameResult(frame=frame, tracks=reports, overlay_frame_index=index, display=display))
+            self.display.deliver(FrameResult(frame=frame, tracks=reports, overlay_frame_index=index,
+                                             display=display))
         except Exception:   # a consumer bug must not stop the video
-            log.exception("on_result callback failed")
+            log.exception("display sink failed")
         self.latency.add("on_result", time.perf_counter() - frame.stamps["output"])
         self.frames_out += 1
         self.fps_out.tick()

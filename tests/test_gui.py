@@ -433,6 +433,11 @@ def test_display_gate_is_shut_from_arrival_to_paint_and_analysis_goes_on(qapp, t
                  what="30 painted frames with tracks")
         pipe = bridge.pipeline
         assert pipe.graph.gate is bridge.display_idle
+        # The viewer is the graph's display sink: a latest-wins slot of one to the GUI thread,
+        # the display gate in the scheduling, not in the topology.
+        assert pipe.scheduling.display_gate is bridge.display_idle
+        flows = [(f.source, f.target, f.policy, f.capacity) for f in pipe.flows()]
+        assert flows[0] == ("capture", "display", "latest", 1) and flows[-1] == ("overlay", "display", "call", 0)
         # The capture thread shut the gate before handing each frame on; a paint opened it
         # again, or the capture thread went on after the bound (this test's event loop only
         # runs every 10 ms or so).
@@ -470,7 +475,8 @@ def test_display_buffers_are_reused_but_never_one_in_use(qapp):
             display = bridge._prepare(session, frames[index])
             assert display.shape == (892, 1586, 3)
             np.testing.assert_array_equal(display, scale_for_display(frames[index].image, (1586, 892)))
-            in_use = [bridge._shown, bridge._painting, bridge._latest.display if bridge._latest else None]
+            waiting = bridge.frames.peek()
+            in_use = [bridge._shown, bridge._painting, waiting.display if waiting else None]
             assert not any(display is other for other in in_use)
             bridge._on_result(session, FrameResult(frame=frames[index], tracks=[], overlay_frame_index=index,
                                                    display=display))
@@ -484,7 +490,7 @@ def test_display_buffers_are_reused_but_never_one_in_use(qapp):
         handed.append(arrive(4))                              # ... so 2's buffer is free again
         assert handed[4] is handed[2] and bridge.gui_skipped == 2
         bridge.frame_shown(painting.display)
-        assert bridge._latest.frame.index == 4
+        assert bridge.frames.peek().frame.index == 4
         buffers = {id(b) for b in bridge._buffers}
         assert len(buffers) == 4 and {id(d) for d in handed} == buffers, "four buffers in turn, no fresh arrays"
         bridge.display_area = lambda: (1920, 1080)

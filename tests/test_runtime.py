@@ -11,6 +11,7 @@ import pytest
 from _pipeline_media import tiny_sizer_bundle, write_clip
 from pipeline.config import load_run_config
 from pipeline.runtime import Analysis, BoxProvider, LivePipeline, run_offline, run_sequential
+from pipeline.live import CallbackSink
 from pipeline.sizing import TrackSizingStage
 from pipeline.sources import FileSource
 from pipeline.errors import SourceError
@@ -90,8 +91,8 @@ def test_prepare_runs_while_a_replayed_frame_waits_and_its_result_travels(clip):
     def prepare(frame):       # the viewer scales the frame here
         prepared.setdefault(frame.index, []).append((time.perf_counter(), "capture" in frame.stamps))
         return ("display", frame.index)
-    pipe = LivePipeline(str(clip), boxes=str(clip.with_name("replay.gt.json")), prepare=prepare,
-                        on_result=got.on_result, on_state=got.on_state)
+    pipe = LivePipeline(str(clip), boxes=str(clip.with_name("replay.gt.json")),
+                        display=CallbackSink(got.on_result, prepare=prepare), on_state=got.on_state)
     pipe.set_speed(4.0)
     pipe.start()
     try:
