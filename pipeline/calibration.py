@@ -191,6 +191,13 @@ def uncalibrated_note(level: float) -> str:
     return f"{level:.0%} interval NOT calibrated (the sizer bundle has no calibration)"
 
 
+def capped_note(note: str, size_range: tuple[float, float]) -> str:
+    """`note` plus what the sizer's range does to the interval ends (pipeline.smoothing clips
+    them there: the sizer cannot read beyond it, so an end at the cap is a bound, not a value)."""
+    lo, hi = size_range
+    return f"{note}; ends capped at the sizer's {lo:g}-{hi:g} mm range (an end at {hi:g} mm means {hi:g} mm or more)"
+
+
 def bundle_calibration(bundle) -> SizeCalibration | None:
     """The calibration of a loaded sizer bundle (pipeline.bundle.Bundle), None when it has none."""
     block = bundle.manifest.get(CALIBRATION_KEY)

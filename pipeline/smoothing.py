@@ -27,6 +27,11 @@ Uncertainty interval (`confidence_level`, default 90%), in log space around the 
   the sizer's shared error, which no number of frames averages away. Reports say such an
   interval is not calibrated.
 
+Sizes and interval ends are kept within the sizer's range: the sizer bundle's
+`outputs.decision.clamp_mm` (the reference's [0.5, 22] mm) when it names one, else
+pipeline.sizeclass MIN_SIZE_MM..MAX_SIZE_MM. The sizer cannot say more than that range, so an
+interval end at the cap means "at least" (or "at most" at the bottom), not a measured bound.
+
 The class shown names the interval, so it never contradicts the size beside it (issue 13): the
 classes the interval [low, high] touches (`size_claim`: "small", or "diminutive or small" while
 it straddles 5 mm). The values are also taken rounded to the 0.1 mm that labels print, so a label
@@ -116,6 +121,20 @@ def count_class_flips(sizes_mm) -> int:
     return int(np.count_nonzero(classes[1:] != classes[:-1]))
 
 
+def size_range(clamp_mm=None) -> tuple[float, float]:
+    """The (low, high) mm range sizes are kept in: the sizer bundle's clamp_mm, or the
+    method's MIN_SIZE_MM..MAX_SIZE_MM when it names none; ConfigError when it is not a range."""
+    if clamp_mm is None:
+        return MIN_SIZE_MM, MAX_SIZE_MM
+    try:
+        lo, hi = (float(v) for v in clamp_mm)
+    except (TypeError, ValueError):
+        raise ConfigError(f"clamp_mm must be two sizes in mm (low, high), got {clamp_mm!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
+        raise ConfigError(f"clamp_mm must be two finite sizes 0 < low < high mm, got {clamp_mm!r}")
+    return lo, hi
+
+
 class SizeSmoother:
     """One track's size: `add(size_mm, confidence, quality) -> SizeEstimate`.
 
@@ -129,10 +148,13 @@ class SizeSmoother:
     worth. uncalibrated_log_sd: the sizer's shared log error assumed without a calibration.
     diminutive_max_mm: the class boundary for diminutive, from the sizer bundle's decision block
     (5 mm by definition; the reference protocol decides at 4.75 mm); like `interval`, it comes
-    with the sizer bundle, so it is not keyword-only and not a run-config key.
+    with the sizer bundle, so it is not keyword-only and not a run-config key. clamp_mm: the
+    sizer bundle's (low, high) size range (`outputs.decision.clamp_mm`), None for
+    MIN_SIZE_MM..MAX_SIZE_MM; sizes and interval ends are clipped to it.
     """
 
-    def __init__(self, interval: TrackInterval | None = None, diminutive_max_mm: float = DIMINUTIVE_MAX_MM, *,
+    def __init__(self, interval: TrackInterval | None = None, diminutive_max_mm: float = DIMINUTIVE_MAX_MM,
+                 clamp_mm: tuple[float, float] | None = None, *,
                  window: int = 150,
                  half_life: float | None = 60.0, hysteresis_mm_ratio: float = 1.1, switch_after_frames: int = 5,
                  confidence_level: float = 0.9, prior_log_sd: float = 0.25, prior_frames: float = 3.0,
@@ -159,6 +181,9 @@ class SizeSmoother:
             bad("uncalibrated_log_sd", uncalibrated_log_sd, "a number > 0 (log-size error shared by a track's frames)")
         if not (isinstance(diminutive_max_mm, (int, float)) and MIN_SIZE_MM < diminutive_max_mm < 10.0):
             bad("diminutive_max_mm", diminutive_max_mm, f"a size in ({MIN_SIZE_MM}, 10) mm")
+        self.clamp_mm = size_range(clamp_mm)
+        if not self.clamp_mm[0] < diminutive_max_mm < self.clamp_mm[1]:
+            bad("diminutive_max_mm", diminutive_max_mm, f"inside clamp_mm {self.clamp_mm}")
         if interval is not None and abs(interval.level - confidence_level) > 1e-9:
             bad("confidence_level", confidence_level, f"the calibrated interval's level {interval.level:g}")
         self.interval = interval
@@ -206,15 +231,18 @@ class SizeSmoother:
             return self._estimate
         weight = float(confidence) * float(quality)
         weight = min(1.0, max(_MIN_WEIGHT, weight if math.isfinite(weight) else _MIN_WEIGHT))
-        size_mm = min(MAX_SIZE_MM, max(MIN_SIZE_MM, size_mm))
+        lo_mm, hi_mm = self.clamp_mm
+        size_mm = min(hi_mm, max(lo_mm, size_mm))
         self._log_sizes.append(math.log(size_mm))
         self._weights.append(weight)
         self._frames_added += 1
         mu, half = self._robust_log_estimate()
-        low, high = math.exp(mu - half), math.exp(mu + half)
+        # The sizer says nothing beyond its range: an end at the cap reads "at least" / "at most".
+        # (the size too: exp(log(22)) can round past 22, outside its own interval)
+        size, low, high = (min(hi_mm, max(lo_mm, math.exp(v))) for v in (mu, mu - half, mu + half))
         self._update_class(low, high)
         self._estimate = SizeEstimate(
-            size_mm=math.exp(mu), low_mm=low, high_mm=high,
+            size_mm=size, low_mm=low, high_mm=high,
             size_class=SIZE_CLAIMS[self._shown_class], frames_used=len(self._log_sizes))
         return self._estimate
 

@@ -18,12 +18,12 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 
-from .calibration import interval_for, uncalibrated_note
+from .calibration import capped_note, interval_for, uncalibrated_note
 from .config import RunConfig, section_kwargs
 from .graph import Stage, chain
 from .quality import QualityAssessor
 from .sizing import CONCURRENT_BACKENDS, TrackSizingStage
-from .smoothing import TrackSizer
+from .smoothing import TrackSizer, size_range
 from .tracker import Tracker
 from .types import Detection, Frame, TrackReport
 from .work import Work
@@ -192,12 +192,14 @@ class SmoothStage(AnalysisStage):
     name = "smooth"
 
     def __init__(self, quality: QualityAssessor, smooth_config, interval=None,
-                 diminutive_max_mm: float | None = None) -> None:
+                 diminutive_max_mm: float | None = None, clamp_mm: tuple[float, float] | None = None) -> None:
         super().__init__()
         self.quality = quality
         self._kwargs = section_kwargs(smooth_config)
         if diminutive_max_mm is not None:    # the sizer bundle's decision threshold
             self._kwargs["diminutive_max_mm"] = float(diminutive_max_mm)
+        if clamp_mm is not None:             # the sizer bundle's size range
+            self._kwargs["clamp_mm"] = size_range(clamp_mm)
         self._interval = interval
         self.smoothers = TrackSizer(interval, **self._kwargs)
 
@@ -252,14 +254,16 @@ class Analysis:
         # The size interval: calibrated for the sizer with boxes found this way, when the bundle says how.
         self.interval = interval_for(sizer, given_boxes=boxes is not None, level=config.smooth.confidence_level,
                                      detector=detector)
-        self.interval_note = "" if sizer is None else (
-            self.interval.note if self.interval else uncalibrated_note(config.smooth.confidence_level))
+        clamp_mm = getattr(sizer, "clamp_mm", None)
+        self.interval_note = "" if sizer is None else capped_note(
+            self.interval.note if self.interval else uncalibrated_note(config.smooth.confidence_level),
+            size_range(clamp_mm))
         self.preprocess = PreprocessStage(config.preprocess.fov_masking, config.preprocess.fov_refresh_frames)
         self.detect = DetectStage(detector, boxes, config.detect.score_threshold, config.detect.max_detections)
         self.track = TrackStage(config.track)
         self.size = SizeStage(sizer)
         self.smooth = SmoothStage(QualityAssessor(**quality), config.smooth, self.interval,
-                                  getattr(sizer, "diminutive_max_mm", None))
+                                  getattr(sizer, "diminutive_max_mm", None), clamp_mm)
         self.generation = 0
         self.reset()
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline.calibration import (FRAME_EDGES, LEVELS, SizeCalibration, TrackInterval, attach_calibration,
-                                  bundle_calibration, conformal_quantile, fit_halfwidths, interval_for)
+                                  bundle_calibration, capped_note, conformal_quantile, fit_halfwidths, interval_for)
 from pipeline.errors import BundleError, ConfigError, DataError
 from pipeline.smoothing import SizeSmoother
 from trainer.calibrate import TrackLog, calibration_from_tracks
@@ -156,18 +156,49 @@ def test_bundle_calibration_round_trip_into_the_pipeline(sizer_bundle, tmp_path)
 
     config = load_run_config(None, {"smooth.confidence_level": 0.8})
     analysis = Analysis(config, boxes=BoxProvider("ground-truth"), sizer=stage)
-    assert analysis.interval == given and analysis.interval_note == given.note
+    # the note says the ends stop at the sizer's range (this bundle names none: 0.5-20 mm)
+    assert analysis.interval == given and analysis.interval_note == capped_note(given.note, (0.5, 20.0))
+    assert analysis.interval_note.endswith("ends capped at the sizer's 0.5-20 mm range (an end at 20 mm means "
+                                           "20 mm or more)")
     est = None
     for size in (6.0, 6.5, 5.5, 6.2):
         est = analysis.smooth.smoothers.add(1, size)
     assert math.log(est.high_mm / est.size_mm) == pytest.approx(given.halfwidth(4))
     assert math.log(est.size_mm / est.low_mm) == pytest.approx(given.halfwidth(4))
     _, info = build_analysis(config, sizer=sizer_bundle, boxes="ground-truth", backend="onnxruntime")
-    assert info["interval"] == given.note
+    assert info["interval"] == analysis.interval_note
 
     with pytest.raises(ConfigError, match=r"smooth.confidence_level 0.85 is not a level .*0.5, 0.8, 0.9, 0.95"):
         Analysis(load_run_config(None, {"smooth.confidence_level": 0.85}), boxes=BoxProvider("ground-truth"),
                  sizer=stage)
+
+
+def test_the_bundle_clamp_range_reaches_the_smoother_and_the_note(sizer_bundle, tmp_path):
+    """A sizer bundle clamping to 0.5-22 mm (the reference's outputs.decision.clamp_mm): the
+    pipeline's smoother keeps 21.5 mm readings (not cut to 20 mm) and caps the interval at 22 mm,
+    and the note says an end there means "22 mm or more"."""
+    import shutil
+
+    from pipeline.config import load_run_config
+    from pipeline.runtime import Analysis, BoxProvider
+    from pipeline.sizing import TrackSizingStage
+
+    bundle = tmp_path / "sizer"
+    shutil.copytree(sizer_bundle, bundle)
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    manifest["outputs"]["decision"] = {"clamp_mm": [0.5, 22.0], "diminutive_max_mm": 4.75}
+    (bundle / "bundle.json").write_text(json.dumps(manifest))
+    stage = TrackSizingStage.from_bundle(bundle, backend="onnxruntime")
+    analysis = Analysis(load_run_config(None), boxes=BoxProvider("ground-truth"), sizer=stage)
+    assert analysis.smooth.smoothers.smoother_settings["clamp_mm"] == (0.5, 22.0)
+    assert analysis.interval_note.endswith("ends capped at the sizer's 0.5-22 mm range (an end at 22 mm means "
+                                           "22 mm or more)")
+    est = None
+    for size in (21.5, 21.0, 21.8):
+        est = analysis.smooth.smoothers.add(1, size)
+    assert 21.0 <= est.size_mm <= 21.8 and est.high_mm == 22.0 and est.low_mm < est.size_mm
+    analysis.reset()                        # a new stream keeps the bundle's range
+    assert analysis.smooth.smoothers.add(1, 30.0).size_mm == 22.0
 
 
 @pytest.mark.parametrize("change, words", [

@@ -213,3 +213,28 @@ def test_bundle_decision_threshold_moves_the_shown_class():
     assert size_claim(4.8, 4.95, diminutive_max_mm=4.75) == "small"
     with pytest.raises(ConfigError, match="diminutive_max_mm"):
         SizeSmoother(tight, confidence_level=0.9, diminutive_max_mm=12.0)
+
+
+def test_sizes_and_interval_ends_stay_in_the_sizer_range():
+    """The smoother keeps sizes and interval ends within the sizer bundle's clamp range (the
+    reference clamps to 22 mm), or 0.5-20 mm without one: an interval never reaches past what the
+    sizer can say ([8.4-26.2] was shown), and a 21.5 mm reading is not cut to 20 under a 22 mm clamp."""
+    wide = flat(1.3)
+    by_bundle = SizeSmoother(wide, confidence_level=0.9, clamp_mm=(0.5, 22.0))
+    default = SizeSmoother(wide, confidence_level=0.9)
+    for _ in range(5):
+        b, d = by_bundle.add(21.5), default.add(21.5)
+    assert b.size_mm == pytest.approx(21.5) and b.high_mm == 22.0 and b.low_mm == pytest.approx(21.5 / 1.3)
+    assert d.size_mm == pytest.approx(20.0) and d.high_mm == 20.0 and d.low_mm == pytest.approx(20.0 / 1.3)
+    # readings beyond the range count as its ends; the low end is capped too
+    top = by_bundle.add(40.0)
+    assert top.size_mm <= top.high_mm == 22.0
+    low = feed(SizeSmoother(wide, confidence_level=0.9, clamp_mm=(0.5, 22.0)), [0.55, 0.2, 0.6])
+    assert all(e.low_mm == 0.5 and e.low_mm <= e.size_mm <= e.high_mm for e in low)
+    # an interval inside the range is untouched
+    mid = SizeSmoother(wide, confidence_level=0.9, clamp_mm=(0.5, 22.0)).add(8.0)
+    assert (mid.low_mm, mid.high_mm) == (pytest.approx(8.0 / 1.3), pytest.approx(8.0 * 1.3))
+    assert TrackSizer(wide, confidence_level=0.9, clamp_mm=(0.5, 22.0)).add(1, 30.0).high_mm == 22.0
+    for bad in ((22.0, 0.5), (0.5,), (0.0, 20.0), "wide", (0.5, float("inf"))):
+        with pytest.raises(ConfigError, match="clamp_mm"):
+            SizeSmoother(clamp_mm=bad)
