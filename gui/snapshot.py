@@ -1,4 +1,5 @@
-"""Snapshots: the frame as a PNG without and with the overlay, and the tracks shown as JSON.
+"""Snapshots: the frame as a PNG without and with the overlay, and the tracks shown as JSON
+(each as frames.jsonl records it).
 
 Written off the GUI thread (PNG encoding of a 1080p frame takes tens of milliseconds), each file
 under a temporary name and renamed when complete; an existing snapshot is never overwritten.
@@ -6,12 +7,13 @@ under a temporary name and renamed when complete; an existing snapshot is never 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.types import FrameResult
 from pipeline.errors import DataError
 from pipeline.fsutil import atomic_path, write_json_atomic
+from pipeline.polyps import track_record
 from pipeline.provenance import mark_text
 
 from .video import render_annotated, wrap_rgb
@@ -47,18 +49,8 @@ def save_snapshot(result: FrameResult, directory: str | Path, *, synthetic: bool
     files = SnapshotFiles(directory / f"{stem}-raw.png", directory / f"{stem}-overlay.png", directory / f"{stem}.json")
     _save_png(wrap_rgb(frame.image), files.raw)
     _save_png(render_annotated(result, synthetic=synthetic, selected_id=selected_id), files.annotated)
-    tracks = []
-    for report in result.tracks:
-        if not report.confirmed:
-            continue
-        entry = {"track_id": report.track_id, "box": [round(v, 2) for v in report.box],
-                 "score": round(report.score, 4), "quality": round(report.quality, 4),
-                 "seen_on_frame": report.missed == 0,
-                 "frame_size_mm": report.frame_size_mm, "estimate": None}
-        if report.estimate is not None:
-            entry["estimate"] = {k: (round(v, 3) if isinstance(v, float) else v)
-                                 for k, v in asdict(report.estimate).items()}
-        tracks.append(entry)
+    # The record frames.jsonl has (pipeline.polyps.track_record); "track_id" as snapshots named it.
+    tracks = [{"track_id": report.track_id, **track_record(report)} for report in result.tracks if report.confirmed]
     write_json_atomic(files.tracks, {
         "source": source, "frame_index": frame.index, "time_s": round(frame.pts, 6),
         "overlay_frame_index": result.overlay_frame_index, "width": frame.size[0], "height": frame.size[1],

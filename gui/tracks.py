@@ -1,59 +1,43 @@
 """The track panel: every polyp seen so far, its current size and class, a sparkline of its size.
 
-`TrackHistory` collects what the pipeline reported per track (plain data, no Qt); the panel
-shows it. The panel is refreshed on a timer, not per frame: a list that changes 30 times a
-second cannot be read anyway, and the GUI thread stays free for painting video.
+`TrackHistory` collects what the pipeline reported per track (pipeline.polyps, plain data, no
+Qt); the panel shows it, in the overlay's label and colour. The panel is refreshed on a timer,
+not per frame: a list that changes 30 times a second cannot be read anyway, and the GUI thread
+stays free for painting video.
 """
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass, field
-
+import numpy as np
 from PyQt6.QtCore import QPointF, QRectF, QSize, Qt, pyqtSignal
 from PyQt6.QtGui import QColor, QFont, QPainter, QPainterPath, QPen, QPolygonF
 from PyQt6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QVBoxLayout,
                              QWidget)
 
-from pipeline.overlay import CLASS_COLOURS, size_text
-from pipeline.types import FrameResult, SizeEstimate
+from pipeline.overlay import track_colour, track_label
+from pipeline.polyps import PolypHistories, PolypHistory
+from pipeline.types import FrameResult
 from pipeline.sizeclass import DIMINUTIVE_MAX_MM, LARGE_MIN_MM
 
 GONE_AFTER_S = 1.0     # a track not reported for this long is listed as out of view
 
 
-@dataclass
-class SizePoint:
-    time: float          # media seconds
-    size_mm: float
-    low_mm: float
-    high_mm: float
-
-
-@dataclass
-class TrackRecord:
-    track_id: int
-    first_seen: float
-    last_seen: float
-    last_frame: int
-    estimate: SizeEstimate | None = None     # the newest: size, interval and class shown together
-    frames_seen: int = 0
-    frames_sized: int = 0
-    visible: bool = True                # matched by a detection on the newest report
-    points: deque[SizePoint] = field(default_factory=lambda: deque(maxlen=TrackHistory.MAX_POINTS))
-
-
 class TrackHistory:
-    """Per-track history built from the FrameResults shown (each overlay counted once)."""
+    """The panel's polyps (pipeline.polyps, the history hagview-annotate keeps too), built from
+    the FrameResults shown, each overlay counted once."""
 
     MAX_POINTS = 900     # per track; 30 s at 30 fps, older points drop off the sparkline's left
 
     def __init__(self) -> None:
-        self.tracks: dict[int, TrackRecord] = {}
+        self.polyps = PolypHistories(max_rows=self.MAX_POINTS)
         self._last_overlay = -1
         self.now = 0.0
 
+    @property
+    def tracks(self) -> dict[int, PolypHistory]:
+        return self.polyps.polyps
+
     def clear(self) -> None:
-        self.tracks.clear()
+        self.polyps.clear()
         self._last_overlay = -1
 
     def update(self, result: FrameResult) -> None:
@@ -61,33 +45,10 @@ class TrackHistory:
         if result.overlay_frame_index == self._last_overlay:
             return       # the same overlay carried onto a newer frame: nothing new
         self._last_overlay = result.overlay_frame_index
-        for report in result.tracks:
-            if not report.confirmed:
-                continue
-            record = self.tracks.get(report.track_id)
-            if record is None:
-                record = TrackRecord(report.track_id, first_seen=self.now, last_seen=self.now,
-                                     last_frame=result.overlay_frame_index)
-                self.tracks[report.track_id] = record
-            record.visible = report.missed == 0
-            if record.visible:
-                record.last_seen = self.now
-                record.last_frame = result.overlay_frame_index
-                record.frames_seen += 1
-            if report.frame_size_mm is not None:
-                record.frames_sized += 1
-            est = report.estimate
-            if est is not None:
-                record.estimate = est
-                if record.visible:
-                    record.points.append(SizePoint(self.now, est.size_mm, est.low_mm, est.high_mm))
-        reported = {r.track_id for r in result.tracks if r.confirmed}
-        for track_id, record in self.tracks.items():
-            if track_id not in reported:
-                record.visible = False
+        self.polyps.add(result.overlay_frame_index, self.now, result.tracks)
 
-    def in_view(self, record: TrackRecord) -> bool:
-        return record.visible or self.now - record.last_seen < GONE_AFTER_S
+    def in_view(self, record: PolypHistory) -> bool:
+        return record.visible or self.now - record.last_time < GONE_AFTER_S
 
 
 class Sparkline(QWidget):
@@ -96,14 +57,14 @@ class Sparkline(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.points: list[SizePoint] = []
+        self.points: tuple[np.ndarray, ...] = (np.empty(0),) * 4      # time, size, low, high
         self.colour = QColor(200, 200, 200)
         self.setMinimumSize(120, 40)
 
     def sizeHint(self) -> QSize:
         return QSize(300, 44)
 
-    def set_points(self, points: list[SizePoint], colour: QColor) -> None:
+    def set_points(self, points: tuple[np.ndarray, ...], colour: QColor) -> None:
         self.points, self.colour = points, colour
         self.update()
 
@@ -113,7 +74,8 @@ class Sparkline(QWidget):
         area = QRectF(self.rect()).adjusted(1, 2, -4, -2)
         painter.fillRect(self.rect(), QColor(26, 27, 31))
         # Scaled to the sizes, not to the early (wide) intervals, so the line keeps its detail.
-        top_mm = max([LARGE_MIN_MM * 1.4] + [p.size_mm * 1.3 for p in self.points])
+        times, sizes, lows, highs = self.points
+        top_mm = max(LARGE_MIN_MM * 1.4, float(sizes.max()) * 1.3 if sizes.size else 0.0)
 
         def y(mm: float) -> float:
             return area.bottom() - min(mm, top_mm) / top_mm * area.height()
@@ -128,27 +90,27 @@ class Sparkline(QWidget):
                              Qt.AlignmentFlag.AlignVCenter, f"{mm:g}")
         area.setRight(area.right() - 16)
         painter.setClipRect(area.adjusted(-3, -2, 3, 2))
-        if not self.points:
+        if not times.size:
             painter.end()
             return
-        t0, t1 = self.points[0].time, self.points[-1].time
+        times, sizes, lows, highs = (v.tolist() for v in self.points)
+        t0, t1 = times[0], times[-1]
         span = max(t1 - t0, 1e-6)
 
         def x(t: float) -> float:
-            return area.left() + (t - t0) / span * area.width() if len(self.points) > 1 else area.right()
+            return area.left() + (t - t0) / span * area.width() if len(times) > 1 else area.right()
 
-        band = QPolygonF([QPointF(x(p.time), y(p.high_mm)) for p in self.points] +
-                         [QPointF(x(p.time), y(p.low_mm)) for p in reversed(self.points)])
+        band = QPolygonF([QPointF(x(t), y(mm)) for t, mm in zip(times, highs)] +
+                         [QPointF(x(t), y(mm)) for t, mm in zip(reversed(times), reversed(lows))])
         fill = QColor(self.colour)
         fill.setAlpha(60)
         path = QPainterPath()
         path.addPolygon(band)
         painter.fillPath(path, fill)
         painter.setPen(QPen(self.colour, 1.6))
-        painter.drawPolyline(QPolygonF([QPointF(x(p.time), y(p.size_mm)) for p in self.points]))
-        last = self.points[-1]
+        painter.drawPolyline(QPolygonF([QPointF(x(t), y(mm)) for t, mm in zip(times, sizes)]))
         painter.setBrush(self.colour)
-        painter.drawEllipse(QPointF(x(last.time), y(last.size_mm)), 2.5, 2.5)
+        painter.drawEllipse(QPointF(x(times[-1]), y(sizes[-1])), 2.5, 2.5)
         painter.end()
 
 
@@ -160,7 +122,6 @@ class TrackRow(QFrame):
         self.track_id = track_id
         self._colour = ""
         self._points = -1
-        self._last_point = None
         self.stripe = QFrame(self)
         self.stripe.setFixedWidth(5)
         self.title = QLabel(self)
@@ -181,31 +142,25 @@ class TrackRow(QFrame):
         row.addWidget(self.stripe)
         row.addLayout(text, 1)
 
-    def show_record(self, record: TrackRecord, in_view: bool) -> None:
-        est = record.estimate
-        rgb = CLASS_COLOURS[est.size_class if est is not None and est.size_class in CLASS_COLOURS else None]
-        colour = QColor(*rgb)
+    def show_record(self, record: PolypHistory, in_view: bool) -> None:
+        colour = QColor(*track_colour(record))
         if not in_view:
             colour = colour.darker(170)
         if colour.name() != self._colour:          # style sheets re-polish: only when it changes
             self._colour = colour.name()
             self.stripe.setStyleSheet(f"background: {self._colour}; border-radius: 2px;")
             self.title.setStyleSheet(f"color: {self._colour};")
-        if est is None:
-            title = f"#{record.track_id}   sizing..."
-        else:
-            title = f"#{record.track_id}   " + size_text(est, dash="\u2013")
+        title = track_label(record, dash="\u2013", gap="   ")
         state = "in view" if in_view else "out of view"
-        detail = (f"{state} \u00b7 seen {record.first_seen:.1f}\u2013{record.last_seen:.1f} s "
+        detail = (f"{state} \u00b7 seen {record.first_time:.1f}\u2013{record.last_time:.1f} s "
                   f"\u00b7 {record.frames_sized} frames sized")
         if title != self.title.text():
             self.title.setText(title)
         if detail != self.detail.text():
             self.detail.setText(detail)
-        if len(record.points) != self._points or (record.points and record.points[-1] is not self._last_point):
-            self._points = len(record.points)
-            self._last_point = record.points[-1] if record.points else None
-            self.sparkline.set_points(list(record.points), colour)
+        if record.size_points_added != self._points:
+            self._points = record.size_points_added
+            self.sparkline.set_points(record.size_points(TrackHistory.MAX_POINTS), colour)
         elif self.sparkline.colour != colour:
             self.sparkline.set_points(self.sparkline.points, colour)
 

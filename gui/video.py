@@ -17,7 +17,7 @@ from PyQt6.QtCore import QPointF, QRectF, QSize, Qt, pyqtSignal
 from PyQt6.QtGui import QColor, QFont, QFontMetricsF, QImage, QPainter, QPen
 from PyQt6.QtWidgets import QSizePolicy, QWidget
 
-from pipeline.overlay import size_text, track_colour
+from pipeline.overlay import track_colour, track_label
 from pipeline.provenance import mark_text
 from pipeline.types import FrameResult, TrackReport
 
@@ -87,10 +87,8 @@ def scale_for_display(image: np.ndarray, area: tuple[int, int], out: np.ndarray 
 
 
 def track_text(report: TrackReport) -> str:
-    est = report.estimate
-    if est is None:
-        return f"#{report.track_id}  sizing..."
-    return f"#{report.track_id}  " + size_text(est, dash="\u2013")
+    """The one track label (pipeline.overlay.track_label), set for the viewer's proportional font."""
+    return track_label(report, dash="\u2013", gap="  ")
 
 
 def paint_overlay(painter: QPainter, tracks: list[TrackReport], target: QRectF, image_size: tuple[int, int], *,

@@ -25,7 +25,6 @@ import os
 import sys
 import threading
 import time
-from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from .archive import (Task, clear_failure, parse_shard, record_failure, run_jobs
 from .config import load_run_config, run_config_to_dict
 from .graph import BlockingQueue, EdgeClosed
 from .overlay import draw_overlay
+from .polyps import PolypHistories, PolypHistory, rounded, track_record
 from .report import report_html, thin_indices
 from .runtime import (GROUND_TRUTH_BOXES, Analysis, BoxProvider, build_analysis, default_bundle, run_offline,
                       share_cores_between_threads)
@@ -53,7 +53,6 @@ from .types import FrameResult, TrackReport
 log = logging.getLogger(__name__)
 
 PROG = "hagview-annotate"
-HISTORY_KEYS = ("time", "frame_mm", "smoothed_mm", "low_mm", "high_mm")
 AUTO_BOXES = "auto"
 
 
@@ -113,65 +112,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # Per-input outputs
 # ---------------------------------------------------------------------------------------------
 
-def _round(v: float | None, digits: int = 3) -> float | None:
-    return None if v is None or not math.isfinite(v) else round(float(v), digits)
-
-
-def track_record(r: TrackReport) -> dict[str, Any]:
-    est = r.estimate
-    return {"id": r.track_id, "box": [round(float(v), 2) for v in r.box], "score": _round(r.score, 4),
-            "size_mm": _round(r.frame_size_mm), "smoothed_mm": _round(est.size_mm) if est else None,
-            "low_mm": _round(est.low_mm) if est else None, "high_mm": _round(est.high_mm) if est else None,
-            "class": est.size_class if est else None, "quality": _round(r.quality, 4), "missed": r.missed}
-
-
-class _PolypLog:
-    """What polyps.json and the report need about one track, gathered frame by frame."""
-
-    def __init__(self, track_id: int) -> None:
-        self.id = track_id
-        self.first_frame = self.last_frame = -1
-        self.first_time = self.last_time = 0.0
-        self.frames = 0
-        self.estimate = None
-        self.best_view = -1.0
-        self.thumbnail: np.ndarray | None = None
-        # Compact columns (8 bytes per value): an hour of video stays a few MB per polyp.
-        self.history = {key: array("d") for key in HISTORY_KEYS}
-
-    def add(self, index: int, time_s: float, report: TrackReport, image: np.ndarray, thumb_size: int) -> None:
-        if report.missed == 0:
-            if self.frames == 0:
-                self.first_frame, self.first_time = index, time_s
-            self.last_frame, self.last_time = index, time_s
-            self.frames += 1
-            view = report.quality * report.score
-            if view > self.best_view:
-                self.best_view = view
-                self.thumbnail = _crop_thumbnail(image, report.box, thumb_size)
-        if report.estimate is not None:
-            self.estimate = report.estimate
-        est = report.estimate
-        nan = math.nan
-        for key, value in (("time", time_s), ("frame_mm", report.frame_size_mm),
-                           ("smoothed_mm", est.size_mm if est else None), ("low_mm", est.low_mm if est else None),
-                           ("high_mm", est.high_mm if est else None)):
-            self.history[key].append(nan if value is None else value)
-
-    def history_rows(self) -> list[dict[str, float | None]]:
-        """The size history thinned to what a plot shows."""
-        columns = self.history
-        return [{key: (None if math.isnan(columns[key][i]) else columns[key][i]) for key in HISTORY_KEYS}
-                for i in thin_indices(len(columns["time"]))]
-
-    def record(self, thumbnail: str | None) -> dict[str, Any]:
-        est = self.estimate
-        return {"id": self.id, "first_frame": self.first_frame, "last_frame": self.last_frame,
-                "first_time": round(self.first_time, 4), "last_time": round(self.last_time, 4),
-                "frames": self.frames, "size_mm": _round(est.size_mm) if est else None,
-                "low_mm": _round(est.low_mm) if est else None, "high_mm": _round(est.high_mm) if est else None,
-                "class": est.size_class if est else None, "frames_sized": est.frames_used if est else 0,
-                "thumbnail": thumbnail}
+def polyp_record(history: PolypHistory, thumbnail: str | None) -> dict[str, Any]:
+    """One polyp in polyps.json."""
+    est = history.estimate
+    return {"id": history.track_id, "first_frame": history.first_frame, "last_frame": history.last_frame,
+            "first_time": round(history.first_time, 4), "last_time": round(history.last_time, 4),
+            "frames": history.frames_seen, "size_mm": rounded(est.size_mm) if est else None,
+            "low_mm": rounded(est.low_mm) if est else None, "high_mm": rounded(est.high_mm) if est else None,
+            "class": est.size_class if est else None, "frames_sized": est.frames_used if est else 0,
+            "thumbnail": thumbnail}
 
 
 def _crop_thumbnail(image: np.ndarray, box, size: int) -> np.ndarray:
@@ -269,7 +218,8 @@ class AnnotationWriter:
         self.frames_analysed = 0
         self._jsonl = open(directory / "frames.jsonl", "w", encoding="utf-8")
         self._video = None
-        self._polyps: dict[int, _PolypLog] = {}
+        self._polyps = PolypHistories()
+        self._views: dict[int, tuple[float, np.ndarray]] = {}      # track id -> best view, thumbnail
         self._mot = open(directory / "mot.txt", "w", encoding="utf-8") if mot else None
         self._last_overlay_index = -1
         self._last_pts: float | None = None
@@ -283,11 +233,10 @@ class AnnotationWriter:
             line = {"index": frame.index, "time": round(frame.pts, 6),
                     "tracks": [track_record(r) for r in result.tracks]}
             self._jsonl.write(json.dumps(line) + "\n")
-            for r in result.tracks:
-                log_ = self._polyps.get(r.track_id)
-                if log_ is None:
-                    log_ = self._polyps[r.track_id] = _PolypLog(r.track_id)
-                log_.add(frame.index, frame.pts, r, frame.image, self.thumb_size)
+            for _, r in self._polyps.add(frame.index, frame.pts, result.tracks):
+                view = r.quality * r.score
+                if r.missed == 0 and view > self._views.get(r.track_id, (-1.0, None))[0]:
+                    self._views[r.track_id] = view, _crop_thumbnail(frame.image, r.box, self.thumb_size)
             if self.accuracy is not None:
                 self.accuracy.add(frame.index, frame.pts, result.tracks)
             if self._mot is not None:
@@ -315,22 +264,23 @@ class AnnotationWriter:
             self._video.close()
         thumbs = self.directory / "thumbs"
         records = []
-        for tid in sorted(self._polyps):
-            p = self._polyps[tid]
-            if p.frames == 0:
+        polyps = self._polyps.polyps
+        for tid in sorted(polyps):
+            p = polyps[tid]
+            if p.frames_seen == 0:
                 continue
             rel = None
-            if p.thumbnail is not None:
+            if tid in self._views:
                 thumbs.mkdir(exist_ok=True)
                 rel = f"thumbs/polyp-{tid}.jpg"
-                ok, data = cv2.imencode(".jpg", cv2.cvtColor(p.thumbnail, cv2.COLOR_RGB2BGR))
+                ok, data = cv2.imencode(".jpg", cv2.cvtColor(self._views[tid][1], cv2.COLOR_RGB2BGR))
                 if ok:
                     (self.directory / rel).write_bytes(data.tobytes())
-            records.append(p.record(rel))
+            records.append(polyp_record(p, rel))
         write_json_atomic(self.directory / "polyps.json", {"polyps": records})
         if self._mot is not None:
             self._mot.close()
-        histories = {tid: p.history_rows() for tid, p in self._polyps.items() if p.frames}
+        histories = {tid: p.rows(thin_indices(len(p))) for tid, p in polyps.items() if p.frames_seen}
         summary = {**summary, "polyps": len(records)}
         accuracy = self.accuracy.report() if self.accuracy is not None else None
         if accuracy is not None:

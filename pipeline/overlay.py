@@ -1,9 +1,9 @@
 """Burnt-in overlays for exported video and snapshots (the viewer draws its own vectors).
 
 Each confirmed track: its box coloured by size class, a label with the id, the smoothed size
-with its interval and the class the interval admits (`size_text`, the one label the viewer, its
-track panel and the burnt-in video all print); a coasting track (not seen on this frame) is drawn
-dashed-thin.
+with its interval and the class the interval admits (`track_label`, the one label the viewer, its
+track panel and the burnt-in video all print, in the one `track_colour`); a coasting track (not
+seen on this frame) is drawn dashed-thin.
 Every frame carries the models' mark (`pipeline.provenance.model_mark`: synthetic-trained or
 research model, not for clinical use), so an exported clip can never be mistaken for a
 clinically valid result.
@@ -15,6 +15,7 @@ import numpy as np
 
 from pipeline.sizeclass import TRICLASS_NAMES
 
+from .polyps import PolypHistory
 from .provenance import mark_text
 from .smoothing import SIZE_CLAIMS
 from .types import SizeEstimate, TrackReport
@@ -32,8 +33,9 @@ CLASS_COLOURS: dict[str | None, tuple[int, int, int]] = {
 assert set(SIZE_CLAIMS.values()) <= set(CLASS_COLOURS)
 
 
-def track_colour(report: TrackReport) -> tuple[int, int, int]:
-    return CLASS_COLOURS[report.estimate.size_class if report.estimate is not None else None]
+def track_colour(track: TrackReport | PolypHistory) -> tuple[int, int, int]:
+    """The colour of a track's box, label and panel row: its class, grey before a size exists."""
+    return CLASS_COLOURS[track.estimate.size_class if track.estimate is not None else None]
 
 
 def size_text(est: SizeEstimate, dash: str = "-") -> str:
@@ -42,11 +44,12 @@ def size_text(est: SizeEstimate, dash: str = "-") -> str:
     return f"{est.size_mm:.1f} mm [{est.low_mm:.1f}{dash}{est.high_mm:.1f}] {est.size_class}"
 
 
-def track_label(report: TrackReport) -> str:
-    est = report.estimate
-    if est is None:
-        return f"#{report.track_id}"
-    return f"#{report.track_id} {size_text(est)}"
+def track_label(track: TrackReport | PolypHistory, dash: str = "-", gap: str = " ") -> str:
+    """"#3 6.5 mm [4.8-8.0] diminutive or small" ("#3 sizing..." before a size exists): the
+    label of a track's box (burnt in and in the viewer) and of its panel row; `dash` and `gap`
+    are typography only."""
+    est = track.estimate
+    return f"#{track.track_id}{gap}{'sizing...' if est is None else size_text(est, dash)}"
 
 
 def _text(image: np.ndarray, text: str, org: tuple[int, int], scale: float, colour, thickness: int,
