@@ -235,3 +235,97 @@ def test_detector_table_says_when_another_detector_runs():
     assert other.note == same.note + ", measured with another detector" and other.halfwidths == same.halfwidths
     assert calibration.interval(0.9, given_boxes=True).note.startswith("90% interval calibrated on 40 annotated "
                                                                         "videos (given boxes")
+
+
+# ---------------------------------------------------------------------------------------
+# hagview-export --calibrate: the calibration made as the bundle is exported
+
+CAL_SEED, CAL_VIDEOS = 4242, 22      # 1 polyp each: >= 19 tracks, the fewest the 95% level needs
+
+
+@pytest.fixture(scope="module")
+def calibration_videos(tmp_path_factory):
+    """22 tiny held-out synthetic videos (160x128, 10 frames, one polyp each)."""
+    from trainer.synth import SynthConfig, generate_dataset
+    from trainer.synth.config import apply_overrides
+
+    root = tmp_path_factory.mktemp("cal") / "videos"
+    cfg = apply_overrides(SynthConfig(), {"width": 160, "height": 128, "seconds": 2.0, "fps": 5.0,
+                                          "polyps": {"min_count": 1, "max_count": 1}})
+    generate_dataset(root, cfg, videos=CAL_VIDEOS, seed=CAL_SEED, progress=False)
+    return root
+
+
+def sizer_checkpoint(path, training_seed: int, training_videos: int = 40):
+    """A tiny sizer checkpoint whose config says it was trained on synthetic videos of `training_seed`."""
+    import torch
+
+    from trainer.models import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("hag_resnet18", streams=("rgb", "mask"), input_size=64, width_mult=0.125, hidden=16,
+                        head="regression").eval()
+    metadata = {"kind": "sizer",
+                "input_spec": {"streams": ["rgb", "mask"], "size": 64, "mean": [0.5, 0.45, 0.4],
+                               "std": [0.25, 0.25, 0.25], "fov_masking": True, "box_grow": 0.5},
+                "config": {"model": {"name": "hag_resnet18"},
+                           "data": {"kind": "synthetic",
+                                    "synthetic": {"seed": training_seed, "videos": training_videos}}},
+                "data": {"kind": "synthetic", "synthetic": True}, "metrics": {}, "epoch": 1, "fold": 0}
+    return save_checkpoint(model, path, metadata)
+
+
+def _last_error_line(capsys) -> str:
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_export_calibrates_the_new_bundle(calibration_videos, tmp_path, capsys):
+    from pipeline.bundle import load_bundle
+    from pipeline.config import load_run_config
+    from pipeline.runtime import Analysis, BoxProvider
+    from pipeline.sizing import TrackSizingStage
+    from trainer.calibrate import calibrate_bundle
+    from trainer.export.cli import main as export_main
+    from trainer.synth.writer import video_seed
+
+    checkpoint = sizer_checkpoint(tmp_path / "ckpt" / "best.pt", training_seed=17)
+    out = tmp_path / "out" / "sizer"
+    argv = [str(checkpoint), "--out", str(out), "--exporter", "legacy", "--calibrate", str(calibration_videos),
+            "--calibrate-boxes", "given", "--calibrate-description", "22 tiny synthetic videos"]
+    assert export_main(argv) == 0
+    assert "size interval calibrated on 22 tiny synthetic videos (given boxes, 22 polyps)" in capsys.readouterr().out
+    assert sorted(p.name for p in out.parent.iterdir()) == ["sizer"]      # no staging directory left behind
+    bundle = load_bundle(out)                                              # hashes and the block validate
+    calibration = bundle_calibration(bundle)
+    assert set(calibration.tables) == {"given"} and calibration.synthetic and calibration.levels == LEVELS
+    assert calibration.data["videos"] == CAL_VIDEOS and calibration.data["polyps"] == CAL_VIDEOS
+    assert calibration.data["video_seeds"] == sorted(video_seed(CAL_SEED, i) for i in range(CAL_VIDEOS))
+    assert calibration.tables["given"]["tracks"][0] >= 19
+    assert calibration.created["command"] == "hagview-export " + " ".join(argv)
+    # the same calibration trainer.calibrate makes on that bundle (the pipeline is deterministic)
+    again = calibrate_bundle(out, [calibration_videos], config=load_run_config(None), boxes=["given"], write=False)
+    assert again.to_dict()["tables"] == calibration.to_dict()["tables"]
+    # and the pipeline shows it
+    stage = TrackSizingStage.from_bundle(out, backend="onnxruntime")
+    analysis = Analysis(load_run_config(None), boxes=BoxProvider("ground-truth"), sizer=stage)
+    assert analysis.interval_note.startswith("90% interval calibrated on synthetic data (given boxes, 22 polyps)")
+
+
+def test_export_refuses_calibration_on_training_data_and_writes_nothing(calibration_videos, tmp_path, capsys):
+    from trainer.export.cli import main as export_main
+
+    trained_on_them = sizer_checkpoint(tmp_path / "ckpt" / "best.pt", training_seed=CAL_SEED, training_videos=30)
+    out = tmp_path / "out" / "sizer"
+    assert export_main([str(trained_on_them), "--out", str(out), "--exporter", "legacy",
+                        "--calibrate", str(calibration_videos), "--calibrate-boxes", "given"]) == 2
+    error = _last_error_line(capsys)
+    assert error.startswith("hagview-export: error: 22 calibration video(s) were rendered from seeds the bundle "
+                            "was trained on")
+    assert not out.exists() and list(out.parent.iterdir()) == []         # no bundle without its calibration
+    # options that need --calibrate, a missing directory and a detector checkpoint fail before any export work
+    held_out = sizer_checkpoint(tmp_path / "ckpt2" / "best.pt", training_seed=17)
+    assert export_main([str(held_out), "--out", str(out), "--calibrate-boxes", "given"]) == 2
+    assert _last_error_line(capsys) == "hagview-export: error: --calibrate-boxes: applies only with --calibrate DATA"
+    assert export_main([str(held_out), "--out", str(out), "--calibrate", str(tmp_path / "nope")]) == 2
+    assert _last_error_line(capsys).endswith("nope: not a directory")
+    assert not out.exists()

@@ -9,6 +9,7 @@ estimate's log-ratio to that polyp's true size, at every frame where a size is s
 the tables of pipeline.calibration. Videos the bundle was trained on are refused (their seeds
 are derived from the bundle's provenance for synthetic training data).
 
+`hagview-export --calibrate DATA` runs the same calibration on a bundle as it is exported.
 Re-running it is the one step after a new sizer or detector: the detector table records which
 detector bundle it was measured with, and the pipeline names what the interval is calibrated on.
 """
@@ -192,16 +193,21 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-@run_cli(PROG)
-def main(argv: list[str] | None = None) -> int:
-    from pipeline.runtime import default_bundle, share_cores_between_threads
+def calibrate_bundle(sizer: str | Path, data_dirs: Sequence[str | Path], *, config, detector: str | Path | None = None,
+                     boxes: Sequence[str] = BOX_SOURCES, backend: str = "onnxruntime", description: str | None = None,
+                     command: str = "", write: bool = True, prog: str = PROG) -> SizeCalibration:
+    """Calibrate the sizer bundle in `sizer` on the videos in `data_dirs` and (with `write`) store
+    the block in its bundle.json, atomically. Videos rendered from the bundle's training seeds
+    are refused (DataError) before any pipeline runs. `detector`: the bundle for the
+    detector-box table (default: the committed demo detector). Used by this command and by
+    `hagview-export --calibrate`."""
     from pipeline.mot import read_ground_truth_json
+    from pipeline.runtime import default_bundle
 
-    args = parse_args(argv)
-    config = load_run_config(args.config, args.set)
-    share_cores_between_threads()
-    bundle = load_bundle(args.sizer)
-    videos = find_videos(args.data)
+    bundle = load_bundle(sizer)
+    if bundle.kind != "sizer":
+        raise ConfigError(f"{bundle.path}: a {bundle.kind} bundle; only sizer bundles are calibrated")
+    videos = find_videos(data_dirs)
     truths = [read_ground_truth_json(gt) for _, gt in videos]
     seeds = video_seeds(videos)
     used = training_video_seeds(bundle) & set(seeds)
@@ -209,32 +215,45 @@ def main(argv: list[str] | None = None) -> int:
         raise DataError(f"{len(used)} calibration video(s) were rendered from seeds the bundle was trained on "
                         f"(e.g. {sorted(used)[0]}): calibrate on held-out videos")
     synthetic = all(t.synthetic for t in truths)
-    detector = args.detector or (default_bundle("detector") if "detector" in args.boxes else None)
+    detector = detector or (default_bundle("detector") if "detector" in boxes else None)
     detector_info = None
-    if "detector" in args.boxes and detector is not None:
+    if "detector" in boxes and detector is not None:
         det = load_bundle(detector)
         detector_info = {"path": _shown_path(detector), "content_hash": det.content_hash,
                          "synthetic_training_data": det.synthetic_training_data}
     by_source = {}
-    for source in args.boxes:
-        make = analysis_factory(config, args.sizer, source, detector, args.backend)
-        print(f"{PROG}: {source} boxes: running the pipeline on {len(videos)} videos", file=sys.stderr)
+    for source in boxes:
+        make = analysis_factory(config, sizer, source, detector, backend)
+        print(f"{prog}: {source} boxes: running the pipeline on {len(videos)} videos", file=sys.stderr)
         by_source[source] = collect_tracks(videos, make, config)
-    description = args.description or (f"synthetic data ({len(videos)} hagview-synth videos)" if synthetic
-                                       else f"{len(videos)} videos in {', '.join(args.data)}")
-    data = {"synthetic": synthetic, "description": description, "directories": [_shown_path(d) for d in args.data],
+    description = description or (f"synthetic data ({len(videos)} hagview-synth videos)" if synthetic
+                                  else f"{len(videos)} videos in {', '.join(map(str, data_dirs))}")
+    data = {"synthetic": synthetic, "description": description, "directories": [_shown_path(d) for d in data_dirs],
             "videos": len(videos), "video_seeds": sorted(seeds),
             "polyps": len({(t.video, t.polyp) for tracks in by_source.values() for t in tracks})}
     calibration = calibration_from_tracks(by_source, data=data, smoother=section_kwargs(config.smooth),
-                                          detector=detector_info,
-                                          command=" ".join([PROG, *(argv if argv is not None else sys.argv[1:])]))
+                                          detector=detector_info, command=command)
     for source, table in calibration.tables.items():
         print(f"{source} boxes: {table['polyps']} polyps; half-width (x size) by sized frames:", file=sys.stderr)
         for edge, row, count in zip(calibration.edges, table["halfwidth_log"], table["tracks"]):
             print(f"  n>={edge:<4d} tracks {count:<4d} " + "  ".join(
                 f"{level:.0%}: x{math.exp(h):.2f}" for level, h in zip(calibration.levels, row)), file=sys.stderr)
+    if write:
+        attach_calibration(sizer, calibration)
+    return calibration
+
+
+@run_cli(PROG)
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.runtime import share_cores_between_threads
+
+    args = parse_args(argv)
+    config = load_run_config(args.config, args.set)
+    share_cores_between_threads()
+    calibrate_bundle(args.sizer, args.data, config=config, detector=args.detector, boxes=args.boxes,
+                     backend=args.backend, description=args.description, write=not args.dry_run,
+                     command=" ".join([PROG, *(argv if argv is not None else sys.argv[1:])]))
     if not args.dry_run:
-        attach_calibration(args.sizer, calibration)
         print(f"{PROG}: calibration written to {Path(args.sizer) / 'bundle.json'}", file=sys.stderr)
     return 0
 

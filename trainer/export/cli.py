@@ -8,6 +8,7 @@ import math
 import re
 from pathlib import Path
 
+from pipeline.calibration import BOX_SOURCES
 from pipeline.cli_util import ArgumentParser, run_cli
 from pipeline.errors import ConfigError
 
@@ -38,6 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trt-precision", choices=PRECISIONS, default="fp16")
     parser.add_argument("--trt-device", default=None, metavar="cuda:N",
                         help="GPU to compile for (default: the current CUDA device); programs run only there")
+    calibration = parser.add_argument_group(
+        "size-interval calibration (sizer bundles; the same as python -m trainer.calibrate, run on the new bundle)")
+    calibration.add_argument("--calibrate", action="append", default=[], metavar="DATA",
+                             help="directory of held-out <name>.mp4 + <name>.gt.json (e.g. from hagview-synth) to "
+                                  "calibrate the size interval on; repeat for several. The bundle is written only "
+                                  "with its calibration; videos from its training seeds are refused")
+    calibration.add_argument("--calibrate-boxes", nargs="+", choices=BOX_SOURCES, default=None,
+                             help="tables to make (default: both; detector boxes use --calibrate-detector)")
+    calibration.add_argument("--calibrate-detector", metavar="BUNDLE",
+                             help="detector bundle for the detector-box table (default: the committed demo one)")
+    calibration.add_argument("--calibrate-description", metavar="TEXT",
+                             help="what the calibration data is, for the viewer and reports (default: from the data)")
     return parser
 
 
@@ -135,6 +148,32 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def export_calibrated(model, metadata, out: Path, args, argv):
+    """Export into a staging directory, calibrate the staged bundle on `--calibrate` data, then
+    move it into `out` as a whole: `out` never holds the bundle without its calibration, and a
+    refused or failed calibration leaves `out` as it was."""
+    import sys
+
+    from pipeline.bundle import load_bundle
+    from pipeline.config import load_run_config
+    from pipeline.fsutil import atomic_dir
+    from pipeline.calibration import bundle_calibration
+    from trainer.calibrate import calibrate_bundle
+
+    from .exporter import export_bundle
+
+    with atomic_dir(out) as stage:
+        export_bundle(model, metadata, stage, opset=args.opset, exporter=args.exporter)
+        calibrate_bundle(stage, args.calibrate, config=load_run_config(None), detector=args.calibrate_detector,
+                         boxes=args.calibrate_boxes or BOX_SOURCES, description=args.calibrate_description,
+                         command=" ".join([PROG, *(argv if argv is not None else sys.argv[1:])]), prog=PROG)
+    bundle = load_bundle(out)
+    calibration = bundle_calibration(bundle)
+    print(f"{PROG}: size interval calibrated on {calibration.data['description']} "
+          f"({', '.join(calibration.tables)} boxes, {calibration.data['polyps']} polyps)")
+    return bundle
+
+
 @run_cli(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -149,6 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.tensorrt:
         from pipeline.engines.tensorrt_build import require_tensorrt
         require_tensorrt()        # fail before the export work, with the reason
+    calibrating = [o for o, v in (("--calibrate-boxes", args.calibrate_boxes),
+                                  ("--calibrate-detector", args.calibrate_detector),
+                                  ("--calibrate-description", args.calibrate_description)) if v is not None]
+    if calibrating and not args.calibrate:
+        raise ConfigError(f"{calibrating[0]}: applies only with --calibrate DATA")
+    if args.calibrate:
+        from trainer.calibrate import find_videos
+        find_videos(args.calibrate)          # a missing or empty directory fails before the export work
 
     from pipeline.fsutil import check_writable_dir
     from trainer.models import load_checkpoint
@@ -158,7 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     check_writable_dir(out.resolve().parent)
     checkpoint = resolve_checkpoint(args.source, args.fold)
     model, metadata = load_checkpoint(checkpoint)
-    bundle = export_bundle(model, metadata, out, opset=args.opset, exporter=args.exporter)
+    if args.calibrate and metadata.get("kind", "sizer") != "sizer":
+        raise ConfigError(f"--calibrate: {checkpoint} is a {metadata.get('kind')} checkpoint; "
+                          "only sizer bundles carry a size-interval calibration")
+    if args.calibrate:
+        bundle = export_calibrated(model, metadata, out, args, argv)
+    else:
+        bundle = export_bundle(model, metadata, out, opset=args.opset, exporter=args.exporter)
     parity = bundle.provenance.get("exporter", {}).get("onnx_parity_max_abs_error", {})
     print(f"{PROG}: wrote {bundle.path} ({bundle.describe()}; from {checkpoint}; onnxruntime vs torch "
           f"max abs error {', '.join(f'{k} {v:.2g}' for k, v in parity.items())})")
