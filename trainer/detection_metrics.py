@@ -5,7 +5,9 @@ What a clinical engineer asks of a polyp detector:
 - recall when the operating point allows one false positive per 100 frames (false alarms are
   what make endoscopists switch a detector off);
 - the fraction of polyps detected at least once at the operating score threshold;
-- how long after a polyp first becomes visible it is first detected, in frames and seconds.
+- how long after a polyp first becomes visible it is first detected, in frames and seconds,
+  per clip: a SUN case holds several recordings (`FrameRecord.clip`) of its one polyp, each a
+  separate encounter timed from the polyp's first visible frame in that recording.
 
 Matching is per frame, greedy by score: a detection is a true positive when its IoU with a
 still-unmatched ground-truth box is at least the threshold. Because higher-scoring detections
@@ -38,6 +40,7 @@ class FrameDetections:
     boxes: np.ndarray                          # (M,4) xyxy
     scores: np.ndarray                         # (M,)
     gt_difficult: np.ndarray | None = None     # (K,) bool, VOC's flag; None: no box is difficult
+    clip: str = ""                             # the recording within `video` (FrameRecord.clip)
     matched_gt: np.ndarray = field(init=False)  # (M,) index into gt_boxes or -1
     ignored: np.ndarray = field(init=False)     # (M,) True: matched only a difficult box
 
@@ -131,9 +134,12 @@ def detection_metrics(frames: Sequence[FrameDetections], fps: Mapping[str, float
 
     fps: frames per second per video (or one value for all) to turn delays into seconds.
     Per-polyp figures use detections scoring at least `score_threshold` (the operating point
-    the pipeline runs at). A polyp's delay is (first frame it is detected) - (first frame it is
-    visible) among the evaluated frames, so with sampled frames it is resolved to the sampling
-    step; the mean is over detected polyps.
+    the pipeline runs at). Delays are per appearance, a polyp in one clip of one video
+    (`FrameDetections.clip`; "" = the whole video): (first frame it is detected there) - (first
+    frame it is visible there) among the evaluated frames, so with sampled frames it is resolved
+    to the sampling step; the mean is over detected appearances (`polyp_clips_detected` of
+    `polyp_clips`). Frame indices of one clip must count its frames in order (the readers' do).
+    The detection rate stays per polyp: detected in any of its clips.
     Difficult boxes follow VOC (module docstring); `ap50_all_boxes`, `recall_all_boxes`,
     `precision_all_boxes`, `fp_per_100_frames_all_boxes` and `polyp_detection_rate_all_boxes`
     count every box. The frames keep the VOC matching (`matched_gt`, `ignored`).
@@ -164,29 +170,31 @@ def _metrics(frames: Sequence[FrameDetections], fps: Mapping[str, float] | float
     tp_op = int(np.sum(is_tp & at_op))
     fp_op = int(np.sum(~is_tp & at_op))
 
-    first_visible: dict[str, tuple[str, int]] = {}
-    first_detected: dict[str, int] = {}
+    # keyed by appearance (polyp, video, clip): frame indices of different recordings of one
+    # polyp are not on one clock, so each recording's delay starts at its own first sight
+    first_visible: dict[tuple[str, str, str], int] = {}
+    first_detected: dict[tuple[str, str, str], int] = {}
     for frame, counts in zip(frames, counted):
         for gt_index, polyp in enumerate(frame.gt_ids):
             if not counts[gt_index]:
                 continue
-            seen = first_visible.get(polyp)
-            if seen is None or frame.frame_index < seen[1]:
-                first_visible[polyp] = (frame.video, frame.frame_index)
+            key = (polyp, frame.video, frame.clip)
+            if key not in first_visible or frame.frame_index < first_visible[key]:
+                first_visible[key] = frame.frame_index
         hits = frame.matched_gt[(frame.matched_gt >= 0) & (frame.scores >= score_threshold)]
         for gt_index in hits:
-            polyp = frame.gt_ids[int(gt_index)]
-            if polyp not in first_detected or frame.frame_index < first_detected[polyp]:
-                first_detected[polyp] = frame.frame_index
+            key = (frame.gt_ids[int(gt_index)], frame.video, frame.clip)
+            if key not in first_detected or frame.frame_index < first_detected[key]:
+                first_detected[key] = frame.frame_index
     delays_frames = []
     delays_seconds = []
-    for polyp, frame_index in first_detected.items():
-        video, visible_index = first_visible[polyp]
-        delay = frame_index - visible_index
-        rate = fps if isinstance(fps, (int, float)) else fps.get(video, float("nan"))
+    for key, frame_index in first_detected.items():
+        delay = frame_index - first_visible[key]
+        rate = fps if isinstance(fps, (int, float)) else fps.get(key[1], float("nan"))
         delays_frames.append(delay)
         delays_seconds.append(delay / rate if rate and rate > 0 else float("nan"))
-    num_polyps = len(first_visible)
+    num_polyps = len({key[0] for key in first_visible})
+    num_detected = len({key[0] for key in first_detected})
     nan = float("nan")
     return {
         "ap50": ap,
@@ -195,9 +203,11 @@ def _metrics(frames: Sequence[FrameDetections], fps: Mapping[str, float] | float
         "precision": tp_op / (tp_op + fp_op) if tp_op + fp_op else nan,
         "recall": tp_op / num_gt if num_gt else nan,
         "fp_per_100_frames": 100.0 * fp_op / num_frames if num_frames else nan,
-        "polyp_detection_rate": len(first_detected) / num_polyps if num_polyps else nan,
+        "polyp_detection_rate": num_detected / num_polyps if num_polyps else nan,
         "polyps": float(num_polyps),
-        "polyps_detected": float(len(first_detected)),
+        "polyps_detected": float(num_detected),
+        "polyp_clips": float(len(first_visible)),
+        "polyp_clips_detected": float(len(first_detected)),
         "mean_delay_frames": float(np.mean(delays_frames)) if delays_frames else nan,
         "mean_delay_s": float(np.nanmean(delays_seconds)) if delays_seconds
         and not np.all(np.isnan(delays_seconds)) else nan,

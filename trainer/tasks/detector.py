@@ -20,7 +20,7 @@ Losses (`task_options`, all with defaults):
 
 Evaluation (`trainer.detection_metrics`): AP@0.5, recall at 1 FP per 100 frames, precision,
 recall and FP/100 frames at `score_threshold`, per-polyp detection rate, mean delay from a
-polyp's first visible frame to its first detection (frames and seconds). Primary: ap50.
+polyp's first visible frame to its first detection, per clip (frames and seconds). Primary: ap50.
 """
 from __future__ import annotations
 
@@ -425,6 +425,8 @@ class DetectorTask(Task):
         o = self.options
         device = next(model.parameters()).device
         frames: list[FrameDetections] = []
+        # each frame's recording (FrameRecord.clip; a SUN case holds several): delays are per clip
+        clips = {(f.video, f.frame_index): f.clip for f in (*dataset.positives, *dataset.negatives)}
         for inputs, targets in loader:
             outputs = model({k: v.to(device) for k, v in inputs.items()})
             # The pipeline's own decoder, so validation scores exactly what serving decodes.
@@ -434,12 +436,14 @@ class DetectorTask(Task):
             counts = targets["num_boxes"].tolist()
             for i, (boxes, scores) in enumerate(decoded):
                 n = counts[i]
+                video, frame_index = dataset.videos[int(targets["video_index"][i])], int(targets["frame_index"][i])
                 frames.append(FrameDetections(
-                    video=dataset.videos[int(targets["video_index"][i])],
-                    frame_index=int(targets["frame_index"][i]),
+                    video=video,
+                    frame_index=frame_index,
                     gt_boxes=targets["boxes"][i, :n].numpy(),
                     gt_ids=[dataset.polyp_ids[int(p)] for p in targets["polyp_index"][i, :n]],
-                    boxes=boxes, scores=scores, gt_difficult=targets["difficult"][i, :n].numpy()))
+                    boxes=boxes, scores=scores, gt_difficult=targets["difficult"][i, :n].numpy(),
+                    clip=clips.get((video, frame_index), "")))
         fps = {video: self._fps.get(video, o.fps) for video in dataset.videos}
         metrics = detection_metrics(frames, fps, iou_threshold=0.5, score_threshold=o.score_threshold)
         threshold, chosen = choose_operating_threshold(frames, o.score_threshold, o.max_false_per_negative)
