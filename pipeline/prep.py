@@ -199,6 +199,16 @@ def _normalise(stack_u8: np.ndarray, mean, std) -> np.ndarray:
     return out
 
 
+def _depth_map(depth, h: int, w: int) -> np.ndarray:
+    """A frame's depth map as float32 HxW, non-finite values 0; the frame's size or ValueError."""
+    depth = np.asarray(depth)
+    if depth.ndim == 3 and depth.shape[2] == 1:
+        depth = depth[:, :, 0]
+    if depth.shape != (h, w):
+        raise ValueError(f"depth map shape {depth.shape} does not match the image {(h, w)}")
+    return np.nan_to_num(depth.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def prepare_sizer_inputs(image_rgb: np.ndarray, boxes, spec: SizerInputSpec,
                          fov_mask: np.ndarray | None = None,
                          depth: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -249,12 +259,7 @@ def prepare_sizer_inputs(image_rgb: np.ndarray, boxes, spec: SizerInputSpec,
         out["mask"] = masked
 
     if "depth" in spec.streams:
-        depth = np.asarray(depth)
-        if depth.ndim == 3 and depth.shape[2] == 1:
-            depth = depth[:, :, 0]
-        if depth.shape != (h, w):
-            raise ValueError(f"depth map shape {depth.shape} does not match the image {(h, w)}")
-        d = np.nan_to_num(depth.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        d = _depth_map(depth, h, w)
         if spec.fov_masking:
             d = d * fov_mask
         planes = np.empty((k, 1, s, s), dtype=np.float32)
@@ -297,12 +302,7 @@ def _reference_inputs(image_rgb: np.ndarray, boxes: np.ndarray, spec: "SizerInpu
     frame = frame * circle[:, :, None]
     small_depth = None
     if "depth" in spec.streams:
-        depth = np.asarray(depth)
-        if depth.ndim == 3 and depth.shape[2] == 1:
-            depth = depth[:, :, 0]
-        if depth.shape != (h, w):
-            raise ValueError(f"depth map shape {depth.shape} does not match the image {(h, w)}")
-        small_depth = _resize(np.nan_to_num(depth.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0), s, s)
+        small_depth = _resize(_depth_map(depth, h, w), s, s)
     out = {name: np.empty((k, 1 if name == "depth" else 3, s, s), np.float32) for name in spec.streams}
     for i, (x1, y1, x2, y2) in enumerate(boxes):
         mask = _coverage(y1, y2, s / h, s)[:, None] * _coverage(x1, x2, s / w, s)[None, :]

@@ -43,6 +43,22 @@ def jpeg_size(path: str | os.PathLike) -> tuple[tuple[int, int] | None, str]:
     return size, ""
 
 
+def verified_jpeg_size(image_path, stated_size: tuple[int, int] | None, stated_by: str,
+                       skips) -> tuple[int, int] | None:
+    """The image's (width, height) from its JPEG header when it is a whole JPEG of the size its
+    annotation file (`stated_by`) states (or states none); otherwise the reason goes to `skips`
+    (a records.SkipLog) and None comes back."""
+    actual, problem = jpeg_size(image_path)
+    if actual is None:
+        skips.add(image_path, f"unreadable JPEG: {problem}")
+        return None
+    if stated_size is not None and actual != stated_size:
+        skips.add(image_path, f"size mismatch: image is {actual[0]}x{actual[1]}, {stated_by} "
+                              f"says {stated_size[0]}x{stated_size[1]}")
+        return None
+    return actual
+
+
 def _sof_size(data: bytes) -> tuple[int, int] | None:
     i = 2
     n = len(data)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pipeline.errors import DataError
 from pipeline.progress import Progress
-from .images import jpeg_size
+from .images import verified_jpeg_size
 from .records import (BoxAnnotation, DatasetIndex, FrameRecord, SampleRecord, Skip, SkipLog,
                       check_box, finish_index, polyp_sizes)
 
@@ -251,13 +251,8 @@ def _read_frame(xml_path: Path, video: str, frames_dir: Path, files: _FrameFiles
         skips.add(image_path, "unreadable JPEG: image file is missing")
         return None
     if boxes and verify_images:
-        actual, problem = jpeg_size(image_path)
+        actual = verified_jpeg_size(image_path, image_size, xml_path.name, skips)
         if actual is None:
-            skips.add(image_path, f"unreadable JPEG: {problem}")
-            return None
-        if image_size is not None and actual != image_size:
-            skips.add(image_path, f"size mismatch: image is {actual[0]}x{actual[1]}, "
-                                  f"{xml_path.name} says {image_size[0]}x{image_size[1]}")
             return None
         if image_size is None:
             image_size = actual

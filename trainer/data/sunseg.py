@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pipeline.errors import DataError
 from pipeline.progress import Progress
-from .images import jpeg_size
+from .images import verified_jpeg_size
 from .records import (BoxAnnotation, DatasetIndex, FrameRecord, SampleRecord, Skip, SkipLog,
                       check_box, finish_index)
 from .sun import (IMAGE_SUFFIXES, SEARCH_DEPTH, polyp_id, read_size_table, resolve_size_table,
@@ -175,15 +175,9 @@ def _frame(image_path: Path, case: str, frame_index: int, entry, box_path: Path,
     if not raw_boxes and not negatives:
         return None
     if raw_boxes and verify_images:
-        actual, problem = jpeg_size(image_path)
-        if actual is None:
-            skips.add(image_path, f"unreadable JPEG: {problem}")
+        image_size = verified_jpeg_size(image_path, image_size, box_path.name, skips)
+        if image_size is None:
             return None
-        if image_size is not None and actual != image_size:
-            skips.add(image_path, f"size mismatch: image is {actual[0]}x{actual[1]}, {box_path.name} "
-                                  f"says {image_size[0]}x{image_size[1]}")
-            return None
-        image_size = actual
     boxes = []
     for raw in raw_boxes:
         box, problem = check_box(raw, image_size)

@@ -157,3 +157,14 @@ class HagModel(nn.Module):
         folded.train(self.training)
         folded.folded_from_gates = any(True for _ in self.gate_parameters())
         return folded
+
+
+def init_conv_bn_(model: nn.Module) -> None:
+    """He (fan-out) init for every convolution, BatchNorm as the identity: torchvision's CNN init,
+    used by the trunks trained from scratch."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)

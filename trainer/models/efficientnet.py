@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import ConfigError
+from .base import init_conv_bn_
 from .gates import gate_scale, make_gate, scale_conv_input_channels_
 
 # (kernel, stride, expand ratio, output channels, blocks) per stage: EfficientNet-B0's table,
@@ -131,12 +132,7 @@ class GatedEfficientNetLiteTrunk(nn.Module):
         self._freeze()
 
     def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_conv_bn_(self)
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.stem, *self.stages[:self.frozen_stages]] if self.frozen_stages else []

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import ConfigError
-from .base import STREAM_CHANNELS, HagModel, SizeHead, check_streams, head_output_names
+from .base import STREAM_CHANNELS, HagModel, SizeHead, check_streams, head_output_names, init_conv_bn_
 from .gates import (gate_scale, make_gate, scale_conv_input_channels_, scale_linear_columns_)
 
 RESNET18_WIDTHS = (64, 128, 256, 512)
@@ -86,12 +86,7 @@ class GatedResNetTrunk(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_conv_bn_(self)
         # Zero-init the last BN of each block so every block starts as the identity
         # (torchvision's zero_init_residual): trains faster from scratch.
         for module in self.modules():
