@@ -92,6 +92,10 @@ def fit_halfwidths(tracks: Sequence[tuple[Sequence[int], Sequence[float]]], *, l
                                 f"need at least {max(min_tracks, math.ceil(1 / (1 - max(levels))) - 1)}")
             table[b, missing] = table[b - 1, missing]
     table = np.maximum.accumulate(table[::-1], axis=0)[::-1]     # never wider with more frames
+    # A level filled from fewer frames can fall below a lower level computed from more tracks:
+    # never a narrower interval at a higher level.
+    order = np.argsort(levels, kind="stable")
+    table[:, order] = np.maximum.accumulate(table[:, order], axis=1)
     return table, counts
 
 

@@ -125,6 +125,22 @@ def test_table_never_widens_with_frames_and_keeps_a_floor():
         fit_halfwidths(tracks[:5])
 
 
+def test_a_higher_level_is_never_narrower_when_a_bucket_lacks_tracks_for_it():
+    """25 one-frame tracks with small errors; 12 of them go on to a second frame with large
+    errors: enough tracks for 90% in the second bucket (>= 9) but not for 95% (19), whose value
+    is carried over from the first bucket. Before the fix the 95% half-width stayed at the
+    small first-bucket value while 90% took the large one."""
+    tracks = [([1], [0.1 + 0.001 * k]) for k in range(13)]
+    tracks += [([1, 2], [0.1 + 0.001 * k, 1.0 + 0.01 * k]) for k in range(12)]
+    table, counts = fit_halfwidths(tracks, levels=(0.9, 0.95), edges=(1, 2), min_tracks=1)
+    assert list(counts) == [25, 12]
+    assert table[1, 0] > 1.0                       # 90% from the second bucket's large errors
+    assert np.all(table[:, 1] >= table[:, 0])      # 95% at least as wide, in every bucket
+    # the same with the levels given in the other order
+    flipped, _ = fit_halfwidths(tracks, levels=(0.95, 0.9), edges=(1, 2), min_tracks=1)
+    np.testing.assert_array_equal(flipped, table[:, ::-1])
+
+
 @pytest.fixture(scope="module")
 def sizer_bundle(tmp_path_factory):
     from trainer.export.standin import export_untrained_sizer
