@@ -56,7 +56,8 @@ class SourceConfig:
 @dataclass
 class PreprocessConfig:
     fov_masking: bool = True              # estimate the endoscope's circular field of view
-    fov_refresh_frames: int = 30          # re-estimate the FOV mask every N analysed frames
+    fov_refresh_frames: int = 300         # re-estimate the FOV mask at the latest every N analysed frames
+    fov_scene_watch: bool = True          # ... and at once when the picture's border changes (pipeline.fov.BorderWatch)
 
 
 @dataclass

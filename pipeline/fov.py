@@ -99,3 +99,60 @@ class FovMaskCache:
 
     def __len__(self) -> int:
         return len(self._masks)
+
+
+class BorderWatch:
+    """Says when a video's field of view may have changed, so the mask is estimated again on a
+    scene change (another endoscope or video input, the scope pulled out, a blank frame) instead
+    of on a timer.
+
+    It looks at a sparse grid of the frame (about `GRID` x `GRID`*9/16 pixels read in place: no
+    resize, ~0.05 ms at 1080p): the pixels outside the current mask and in a band just inside its
+    rim. Those are dark outside and lit inside while the border stays where it is; the tower's
+    text overlay is lit but does not move. `changed(image)` is True when more than
+    `threshold` of them flipped between dark and lit since the mask was estimated (`reset`).
+    Inside the band the dark lumen can reach the rim, so a moving scope flips a few band pixels:
+    the threshold leaves room for that, and a re-estimate it triggers costs about a millisecond.
+    """
+
+    GRID = 64              # grid columns across the frame
+    BAND = 2               # rim band inside the mask, in grid steps
+
+    def __init__(self, threshold: float = 0.05, dark_threshold: int = DARK_THRESHOLD) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"BorderWatch: threshold must be in (0, 1), got {threshold!r}")
+        self.threshold = threshold
+        self.dark_threshold = dark_threshold
+        self._reference: np.ndarray | None = None    # lit state of the watched grid pixels
+        self._where: tuple[slice, slice] | None = None
+        self._watched: np.ndarray | None = None       # bool grid: outside the mask or in the rim band
+        self._shape: tuple[int, ...] | None = None
+
+    def _grid(self, shape: tuple[int, ...]) -> tuple[slice, slice]:
+        h, w = shape[:2]
+        step = max(1, w // self.GRID)
+        return slice(step // 2, h, step), slice(step // 2, w, step)
+
+    def _lit(self, image_rgb: np.ndarray) -> np.ndarray:
+        ys, xs = self._where
+        return image_rgb[ys, xs].max(axis=2) >= self.dark_threshold
+
+    def reset(self, image_rgb: np.ndarray, mask: np.ndarray) -> None:
+        """The mask was just estimated from `image_rgb`: watch for changes from this frame on."""
+        self._shape = image_rgb.shape
+        self._where = self._grid(image_rgb.shape)
+        inside = mask[self._where].astype(np.uint8)
+        kernel = np.ones((2 * self.BAND + 1, 2 * self.BAND + 1), np.uint8)
+        core = cv2.erode(inside, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+        self._watched = (inside == 0) | (core == 0)
+        self._reference = self._lit(image_rgb)[self._watched]
+
+    def changed(self, image_rgb: np.ndarray) -> bool:
+        """True when the border region differs from the frame the mask was estimated on (or the
+        frame size changed, or nothing was watched yet)."""
+        if self._reference is None or image_rgb.shape != self._shape:
+            return True
+        if self._reference.size == 0:
+            return False
+        flipped = np.count_nonzero(self._lit(image_rgb)[self._watched] != self._reference)
+        return flipped > self.threshold * self._reference.size

@@ -20,6 +20,7 @@ from pipeline.errors import ConfigError
 
 from .calibration import capped_note, interval_for, uncalibrated_note
 from .config import RunConfig, section_kwargs
+from .fov import BorderWatch, estimate_fov_mask
 from .graph import Stage, chain
 from .quality import QualityAssessor
 from .sizing import CONCURRENT_BACKENDS, TrackSizingStage
@@ -77,17 +78,21 @@ class AnalysisStage:
 
 
 class PreprocessStage(AnalysisStage):
-    """The FOV mask, estimated again every `fov_refresh_frames` analysed frames (and after a
-    reset or a change of frame size) and handed to the later stages on the work item."""
+    """The FOV mask, handed to the later stages on the work item. Estimated again on a scene
+    change: when the border region of the picture changes (`scene_watch`, pipeline.fov.BorderWatch:
+    another scope or input, a blank frame), the frame size changes, after a reset, and at the
+    latest every `refresh_frames` analysed frames."""
 
     name = "preprocess"
 
-    def __init__(self, fov_masking: bool, refresh_frames: int) -> None:
+    def __init__(self, fov_masking: bool, refresh_frames: int, scene_watch: bool = True) -> None:
         super().__init__()
         self.fov_masking = fov_masking
         self.refresh_frames = refresh_frames
         self._mask: np.ndarray | None = None
         self._age = 0
+        self._watch = BorderWatch() if scene_watch else None
+        self.estimates = 0
 
     def reset(self, generation: int | None = None) -> None:
         super().reset(generation)
@@ -97,9 +102,13 @@ class PreprocessStage(AnalysisStage):
         if self.skip(work) or not self.fov_masking:
             return work
         image = work.frame.image
-        if self._mask is None or self._mask.shape != image.shape[:2] or self._age >= self.refresh_frames:
-            from pipeline.fov import estimate_fov_mask
+        watch = self._watch
+        if self._mask is None or self._mask.shape != image.shape[:2] or self._age >= self.refresh_frames \
+                or (watch is not None and watch.changed(image)):
             self._mask, self._age = estimate_fov_mask(image), 0
+            if watch is not None:
+                watch.reset(image, self._mask)
+            self.estimates += 1
         self._age += 1
         work.fov_mask = self._mask
         return work
@@ -258,7 +267,8 @@ class Analysis:
         self.interval_note = "" if sizer is None else capped_note(
             self.interval.note if self.interval else uncalibrated_note(config.smooth.confidence_level),
             size_range(clamp_mm))
-        self.preprocess = PreprocessStage(config.preprocess.fov_masking, config.preprocess.fov_refresh_frames)
+        self.preprocess = PreprocessStage(config.preprocess.fov_masking, config.preprocess.fov_refresh_frames,
+                                          config.preprocess.fov_scene_watch)
         self.detect = DetectStage(detector, boxes, config.detect.score_threshold, config.detect.max_detections)
         self.track = TrackStage(config.track)
         self.size = SizeStage(sizer)
