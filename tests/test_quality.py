@@ -120,6 +120,26 @@ def test_per_box_laplacian_equals_the_whole_frame_one():
                                rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("size", [(1920, 1080), (1280, 720), (1350, 1080), (1920, 1088)])
+def test_scaled_sharpness_equals_scaling_the_whole_frame(size):
+    """Frames a whole multiple of analysis_width wide are scaled box by box (their blocks only);
+    the figures are those of scaling the whole frame, as other sizes still do."""
+    width, height = size
+    image = cv2.GaussianBlur(textured(width, height, seed=5), (0, 0), 1.5)
+    gw = 640
+    gh = round(height * gw / width)
+    gray = cv2.resize(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), (gw, gh), interpolation=cv2.INTER_AREA)
+    k = width / gw
+    boxes = np.array([[0, 0, 60, 45], [width - 91.3, height - 40.2, width, height], [300.5, 200.2, 900.9, 700.1],
+                      [10, height - 9, width - 10, height]])
+    # The same boxes in the scaled frame, rounded outwards as `sharpness` does.
+    scaled = np.stack([np.floor(boxes[:, 0] / k), np.floor(boxes[:, 1] / k), np.ceil(boxes[:, 2] / k),
+                       np.ceil(boxes[:, 3] / k)], axis=1).clip(0, [gw, gh, gw, gh]).astype(int)
+    assessor = QualityAssessor(blur_half_variance=30.0)
+    np.testing.assert_allclose(assessor.sharpness(image, boxes), _whole_frame_sharpness(gray, scaled, 30.0),
+                               rtol=1e-9, atol=1e-12)
+
+
 def test_fov_table_is_kept_for_the_same_mask_and_renewed_for_a_new_one():
     image = textured()
     fov = np.zeros((240, 320), bool)
