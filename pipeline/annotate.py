@@ -426,22 +426,44 @@ def plan_tasks(inputs: list[str], out: Path, boxes_list: list[str]) -> list[Task
             for i, spec in enumerate(inputs)]
 
 
-def annotate_one(task: Task, settings: dict[str, Any], on_progress=None) -> dict[str, Any]:
-    """Load the models and annotate one input: a worker process's whole job (`--jobs`)."""
-    overrides = list(settings["set"])
-    config = load_run_config(settings["config"], overrides)
-    if settings.get("threads") and not config.runtime.inference_threads:
-        config = load_run_config(settings["config"], overrides + [f"runtime.inference_threads={settings['threads']}"])
-    share_cores_between_threads()
+class SharedModels:
+    """The models of one process, loaded once (on first use) and shared by every input it
+    annotates: the detector's analysis, or for inputs with given boxes the sizer alone."""
 
-    def make_analysis():
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = settings
+        config = load_run_config(settings["config"], settings["set"])
+        if settings.get("threads") and not config.runtime.inference_threads:     # a worker's share of the cores
+            config = load_run_config(settings["config"], [*settings["set"], f"runtime.inference_threads={settings['threads']}"])
+        self.config = config
+        self._shared: tuple[Analysis, dict[str, Any]] | None = None
+        share_cores_between_threads()
+
+    def load(self, given_boxes: bool) -> tuple[Analysis, dict[str, Any]]:
+        """The shared analysis (built on the first call): the detector's, or the sizer's alone
+        for inputs with given boxes."""
+        if self._shared is None:
+            settings = self.settings
+            self._shared = build_analysis(self.config, sizer=settings["sizer"],
+                                          detector=None if given_boxes else settings["detector"],
+                                          boxes=GROUND_TRUTH_BOXES if given_boxes else None,
+                                          backend=settings["backend"], offline=True, depth=settings.get("depth"))
+        return self._shared
+
+    def analysis_for(self, task: Task):
+        """(Analysis, model info, boxes path or None) for `task`."""
         boxes = None if task.boxes is None else auto_boxes(task.spec) if task.boxes == AUTO_BOXES else task.boxes
-        analysis, info = build_analysis(config, sizer=settings["sizer"], detector=None if boxes else settings["detector"],
-                                        boxes=boxes, backend=settings["backend"], offline=True,
-                                        depth=settings.get("depth"))
-        return analysis, info, boxes
-    return annotate_input(task.spec, task.directory, make_analysis, settings["options"], config,
-                          on_progress=on_progress)
+        shared, info = self.load(given_boxes=boxes is not None)
+        if boxes is None:
+            return shared, info, None
+        analysis = Analysis(self.config, boxes=BoxProvider(boxes), sizer=shared.sizer)
+        return analysis, {**info, "boxes": boxes}, boxes
+
+
+def annotate_task(task: Task, models: SharedModels, on_progress=None) -> dict[str, Any]:
+    """Annotate one input with the process's models. Returns its run.json."""
+    return annotate_input(task.spec, task.directory, lambda: models.analysis_for(task), models.settings["options"],
+                          models.config, on_progress=on_progress)
 
 
 @run_cli(PROG)
@@ -454,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{totals['failed']} failed -> {Path(args.summary) / 'summary.html'}", file=sys.stderr)
         return EXIT_OK
     options = AnnotateOptions.from_args(args)
-    config = load_run_config(args.config, args.set)
+    load_run_config(args.config, args.set)      # a bad --config or --set fails before any input opens
     out = check_writable_dir(args.out)
     share_cores_between_threads()
     boxes_list = args.boxes or []
@@ -499,23 +521,12 @@ def main(argv: list[str] | None = None) -> int:
                  prefix=f"{PROG}: ")
         return EXIT_OK if failures == 0 else EXIT_FAILURE
 
-    # One process: the models load once and serve every input; given boxes differ per input.
-    if boxes_list:
-        shared, shared_info = build_analysis(config, sizer=sizer, boxes=GROUND_TRUTH_BOXES, backend=args.backend,
-                                             offline=True, depth=args.depth_bundle)
-    else:
-        shared, shared_info = build_analysis(config, sizer=sizer, detector=detector, backend=args.backend,
-                                             offline=True, depth=args.depth_bundle)
+    # One process: the models load once (a bad bundle stops here) and serve every input.
+    models = SharedModels(settings)
+    models.load(given_boxes=bool(boxes_list))
     for task in todo:
-        def make_analysis(task=task):
-            if task.boxes is None:
-                return shared, shared_info, None
-            boxes = auto_boxes(task.spec) if task.boxes == AUTO_BOXES else task.boxes
-            analysis = Analysis(config, boxes=BoxProvider(boxes), sizer=shared.sizer)
-            return analysis, {**shared_info, "boxes": boxes}, boxes
-
         try:
-            run = annotate_input(task.spec, task.directory, make_analysis, options, config)
+            run = annotate_task(task, models)
             succeeded(task, run)
             print(f"{PROG}: {task.spec}: {run['frames']} frames, {run['polyps']} polyps -> "
                   f"{task.directory / 'report.html'}", file=sys.stderr)

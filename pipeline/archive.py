@@ -5,8 +5,11 @@ archive-level summary (`hagview-annotate --shard K/N --jobs N --resume`, `--summ
   robin, input i to shard i mod N, so N array tasks cover it with no coordinator. Output names
   are made over the whole list first, so two inputs with the same name in different shards
   still get different directories.
-- Jobs: one worker process per input, at most N at a time, each with cores / N inference
-  threads; a worker that fails (or dies) fails its input alone.
+- Jobs: N worker processes, each with cores / N inference threads, each loading the models
+  once and annotating one input after another as the parent hands them out (a process per
+  input paid the imports and the model loading every time: on short videos that made --jobs 2
+  slower than one process). An input that fails fails alone; a worker that dies fails the input
+  it was on, and a fresh worker takes the rest.
 - Failures: an input that failed leaves `<name>.failed.json` beside the outputs (input, error
   line, when); a later success removes it. `--resume` re-runs exactly the inputs without a
   complete output, failed ones included.
@@ -97,24 +100,31 @@ def threads_per_job(jobs: int, cores: int | None = None) -> int:
     return max(1, cores // max(1, jobs))
 
 
-def _worker(task: Task, settings: dict[str, Any], queue) -> None:
-    """Runs in a worker process: annotate one input, report progress and the outcome on `queue`."""
-    from pipeline.annotate import annotate_one, input_error
+def _worker(inbox, outbox, settings: dict[str, Any]) -> None:
+    """A worker process: annotate the tasks from `inbox` one after another (None: stop) with the
+    models loaded once; report progress and each outcome on `outbox`."""
+    from pipeline.annotate import SharedModels, annotate_task, input_error
 
-    last = [0.0]
+    models = SharedModels(settings)
+    while True:
+        task = inbox.get()
+        if task is None:
+            return
+        last = [0.0]
 
-    def progress(done: int, total: int | None) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 0.25 or (total and done >= total):
-            last[0] = now
-            queue.put(("progress", task.index, done, total))
-    try:
-        run = annotate_one(task, settings, on_progress=progress)
-        queue.put(("done", task.index, {"frames": run["frames"], "polyps": run["polyps"]}))
-    except KeyboardInterrupt:
-        queue.put(("failed", task.index, f"{task.spec}: interrupted"))
-    except BaseException as exc:     # reported to the parent, which records it; the others go on
-        queue.put(("failed", task.index, input_error(task.spec, exc)))
+        def progress(done: int, total: int | None, index: int = task.index) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 0.25 or (total and done >= total):
+                last[0] = now
+                outbox.put(("progress", index, done, total))
+        try:
+            run = annotate_task(task, models, on_progress=progress)
+            outbox.put(("done", task.index, {"frames": run["frames"], "polyps": run["polyps"], "worker": os.getpid()}))
+        except KeyboardInterrupt:
+            outbox.put(("failed", task.index, f"{task.spec}: interrupted"))
+            return
+        except BaseException as exc:     # reported to the parent, which records it; the others go on
+            outbox.put(("failed", task.index, input_error(task.spec, exc)))
 
 
 class JobBoard:
@@ -214,59 +224,75 @@ class JobBoard:
 
 def run_jobs(tasks: Sequence[Task], settings: dict[str, Any], jobs: int, *,
              on_done: Callable[[Task, dict[str, Any]], None], on_failed: Callable[[Task, str], None],
-             quiet: bool = False, stream: TextIO | None = None, prefix: str = "") -> None:
-    """Annotate `tasks` in up to `jobs` worker processes (spawned: no state shared with this one)."""
+             quiet: bool = False, stream: TextIO | None = None, prefix: str = "", worker=_worker) -> None:
+    """Annotate `tasks` in up to `jobs` worker processes (spawned: no state shared with this one),
+    handing each idle worker the next input. `worker(inbox, outbox, settings)`: the process's
+    function (tests pass one that dies)."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
+    outbox = context.Queue()
     pending = list(tasks)
-    running: dict[int, tuple[Any, Task]] = {}       # slot -> (process, task)
+    workers: dict[int, list] = {}       # slot -> [process, inbox, task it is on or None]
     board = JobBoard(tasks, jobs, stream, enabled=not quiet, prefix=prefix)
     outcome: dict[int, tuple[str, Any]] = {}
+
+    def finish(slot: int, task: Task, kind: str, value: Any) -> None:
+        workers[slot][2] = None
+        board.end(slot, kind == "done")
+        if kind == "done":
+            on_done(task, value)
+            board.message(f"{task.spec}: {value['frames']} frames, {value['polyps']} polyps "
+                          f"-> {task.directory / 'report.html'}")
+        else:
+            on_failed(task, value)
+            board.message(f"error: {value}")
+        board.draw(force=True)
     try:
-        while pending or running:
+        while pending or any(w[2] is not None for w in workers.values()):
             for slot in range(jobs):
-                if slot not in running and pending:
-                    task = pending.pop(0)
-                    process = context.Process(target=_worker, args=(task, settings, queue),
+                if slot in workers and workers[slot][2] is None and not workers[slot][0].is_alive():
+                    del workers[slot]        # died between inputs: nothing of its to fail
+                if slot not in workers and pending:
+                    inbox = context.Queue()
+                    process = context.Process(target=worker, args=(inbox, outbox, settings),
                                               name=f"hagview-annotate-{slot + 1}", daemon=True)
                     process.start()
-                    running[slot] = (process, task)
+                    workers[slot] = [process, inbox, None]
+                if slot in workers and workers[slot][2] is None and pending:
+                    task = pending.pop(0)
+                    workers[slot][1].put(task)
+                    workers[slot][2] = task
                     board.start(slot, task.index)
             try:
-                kind, index, *rest = queue.get(timeout=0.2)
+                kind, index, *rest = outbox.get(timeout=0.2)
                 if kind == "progress":
                     board.progress(index, *rest)
                 else:
                     outcome[index] = (kind, rest[0])
             except Exception:       # queue.Empty: look at the processes
                 pass
-            for slot, (process, task) in list(running.items()):
-                if process.is_alive():
-                    continue
-                process.join()
-                # The worker's last message was flushed to the pipe before it exited.
-                deadline = time.monotonic() + 2.0
-                while task.index not in outcome and time.monotonic() < deadline:
-                    if not _drain(queue, board, outcome):
-                        time.sleep(0.01)
-                kind, value = outcome.get(task.index, ("failed", f"{task.spec}: the worker process exited "
-                                                                  f"with code {process.exitcode}"))
-                del running[slot]
-                board.end(slot, kind == "done")
-                if kind == "done":
-                    on_done(task, value)
-                    board.message(f"{task.spec}: {value['frames']} frames, {value['polyps']} polyps "
-                                  f"-> {task.directory / 'report.html'}")
-                else:
-                    on_failed(task, value)
-                    board.message(f"error: {value}")
-                board.draw(force=True)
+            for slot, (process, _, task) in list(workers.items()):
+                if task is not None and task.index in outcome:
+                    finish(slot, task, *outcome.pop(task.index))
+                elif task is not None and not process.is_alive():
+                    process.join()
+                    # The worker's last message was flushed to the pipe before it exited.
+                    deadline = time.monotonic() + 2.0
+                    while task.index not in outcome and time.monotonic() < deadline:
+                        if not _drain(outbox, board, outcome):
+                            time.sleep(0.01)
+                    finish(slot, task, *outcome.pop(task.index, (
+                        "failed", f"{task.spec}: the worker process exited with code {process.exitcode}")))
+                    del workers[slot]        # a fresh worker takes the next input
     finally:
-        for process, _ in running.values():
-            process.terminate()
+        for process, inbox, _ in workers.values():
+            inbox.put(None)
+        for process, _, _ in workers.values():
             process.join(5.0)
+            if process.is_alive():
+                process.terminate()
+                process.join(5.0)
 
 
 def _drain(queue, board: JobBoard, outcome: dict) -> bool:

@@ -129,6 +129,37 @@ def test_shards_with_jobs_resume_and_summary(archive, capsys):
     assert "case1/report.html" in page and "broken.mp4" in page
 
 
+def test_workers_keep_their_models_and_a_dead_worker_fails_its_input_alone(archive, tmp_path):
+    """Two workers for five inputs: each loads the models once and takes input after input; the
+    one that dies (handed `dies.mp4`) fails that input only, and a fresh worker does the rest."""
+    import _dying_worker
+    from pipeline.annotate import AnnotateOptions, plan_tasks
+    from pipeline.archive import run_jobs
+
+    root, inputs = archive
+    clips = [inputs[0], inputs[2], inputs[3]]
+    dies = root / "dies.mp4"
+    dies.write_bytes((root / "case0.mp4").read_bytes())
+    tasks = plan_tasks([clips[0], str(dies), clips[1], clips[2], clips[0]], tmp_path / "out", ["auto"] * 5)
+    settings = {"config": None, "set": ["track.min_hits=1"], "sizer": None, "detector": None,
+                "backend": "onnxruntime", "depth": None, "options": AnnotateOptions(quiet=True), "threads": 1}
+    done, failed = [], []
+    started = _count_processes()
+    workers = []
+    run_jobs(tasks, settings, 2, on_done=lambda t, v: (done.append((t.name, v["frames"])), workers.append(v["worker"])),
+             on_failed=lambda t, m: failed.append((t.name, m)), quiet=True, worker=_dying_worker.worker)
+    assert sorted(done) == sorted([("case0", 20), ("case1", 21), ("case2", 22), (tasks[4].name, 20)])
+    assert len(set(workers)) <= 2 < len(workers)  # the survivor and the fresh worker: processes did several inputs
+    assert failed == [("dies", f"{dies}: the worker process exited with code 3")]
+    assert all((task.directory / "run.json").is_file() for task in tasks if task.name != "dies")
+    assert _count_processes() == started          # every worker was told to stop and has exited
+
+
+def _count_processes() -> int:
+    import multiprocessing
+    return len(multiprocessing.active_children())
+
+
 def test_archive_usage_errors(tmp_path, capsys):
     clip = tmp_path / "c.mp4"
     write_clip(clip, n=4)
