@@ -443,15 +443,12 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
 
 
 def _check_onnx_names(bundle: Bundle) -> None:
-    import onnx
+    from pipeline.onnx_io import io_names
 
     try:
-        proto = onnx.load(str(bundle.onnx_path), load_external_data=False)
-    except Exception as exc:
+        graph_inputs, graph_outputs = io_names(bundle.onnx_path)
+    except (ValueError, UnicodeDecodeError, OSError) as exc:
         raise BundleError(f"{bundle.onnx_path}: not a readable ONNX model ({_first_line(exc)})") from None
-    initialisers = {init.name for init in proto.graph.initializer}
-    graph_inputs = [i.name for i in proto.graph.input if i.name not in initialisers]
-    graph_outputs = [o.name for o in proto.graph.output]
     if sorted(graph_inputs) != sorted(bundle.input_names):
         raise BundleError(f"{bundle.onnx_path}: ONNX inputs {graph_inputs} differ from inputs.streams "
                           f"{list(bundle.input_names)}")

