@@ -16,12 +16,13 @@ Measured while the file plays at real time (offscreen Qt, the window at --window
 A replayed file is prepared for display (scaled to the video area) while it waits for its media
 time, as players render ahead; a live source cannot be. So the same clip is also run paced as a
 live source, each frame handed out at its media time as a capture card would (--no-live skips
-it): there the scaling is inside capture -> paint.
+it): there the scaling is inside capture -> paint; its annotation delay has a target too (p99
+<= 120 ms, GI Genius's bench criterion).
 Baseline measured in the same run: the same clip in the same window without inference (given
 boxes, no sizer), so the figures with inference can be read against what the video path and
 the painting cost alone (--no-baseline skips it). Also reported: the pipeline's own capture ->
-hand-off delay, and CPU time per frame of the GUI thread and of the display scaling, which do
-not depend on what else the machine is running.
+hand-off delay, the CPU time per frame of the GUI thread (which does not depend on what else the
+machine is running) and the wall time of the display scaling (shared by two threads).
 
 The 1080p30 clip is rendered once by the synthetic generator and encoded with H264Writer
 (cached under bench-results/cache/). Models: the committed demo bundles or --sizer/--detector;
@@ -57,6 +58,7 @@ from pipeline.progress import Progress  # noqa: E402
 TARGET_FPS_RATIO = 0.98
 TARGET_PAINT_P99_MS = 6.0
 TARGET_LOOP_P99_MS = 20.0
+TARGET_ANNOTATION_P99_MS = 120.0    # GI Genius's bench criterion, paced as a live source
 PROBE_INTERVAL_MS = 5
 
 
@@ -179,7 +181,7 @@ def run_viewer(video: Path, *, sizer, detector, boxes, backend: str, window_size
     display = list(window.video.display_delays_ms)
     handoff = list(window.video.handoff_delays_ms)
     paint_cpu = list(window.video.paint_cpu_ms)
-    scale_cpu = list(bridge.scale_cpu_ms)
+    scale_ms = list(bridge.scale_ms)
     info = bridge.info
     video_rect = window.video.image_rect()
     window.close()
@@ -218,7 +220,7 @@ def run_viewer(video: Path, *, sizer, detector, boxes, backend: str, window_size
         "gui_loop_lateness": percentiles(v for t, v in lateness_ms if t >= t_first),
         # CPU time, not wall time: what the viewer itself costs per frame, whatever the neighbours do.
         "gui_thread_cpu_per_frame": percentiles(paint_cpu[skip:]),
-        "display_scaling_cpu_per_frame": percentiles(scale_cpu[skip:]),
+        "display_scaling_per_frame": percentiles(scale_ms[skip:]),      # wall time: two threads share it
         "drops": final_stats.get("drops"),
         "backend": info.backend if info else None,
         "inference_threads": config.runtime.inference_threads,
@@ -245,21 +247,24 @@ def format_table(report: dict) -> str:
         ("GUI thread CPU per painted frame p50 / p99",
          f"{r['gui_thread_cpu_per_frame'].get('p50_ms', 0):.2f} / {r['gui_thread_cpu_per_frame'].get('p99_ms', 0):.2f} ms",
          "", ""),
-        ("display scaling CPU per frame p50 / p99 (capture thread)",
-         f"{r['display_scaling_cpu_per_frame'].get('p50_ms', 0):.2f} / "
-         f"{r['display_scaling_cpu_per_frame'].get('p99_ms', 0):.2f} ms", "", ""),
+        ("display scaling per frame p50 / p99 (wall; capture + helper thread)",
+         f"{r['display_scaling_per_frame'].get('p50_ms', 0):.2f} / "
+         f"{r['display_scaling_per_frame'].get('p99_ms', 0):.2f} ms", "", ""),
         ("annotation delay p50 / p99", f"{(r['annotation_delay'] or {}).get('p50_ms', 0):.1f} / "
          f"{(r['annotation_delay'] or {}).get('p99_ms', 0):.1f} ms", "", ""),
     ]
 
-    def other_run(label: str, run: dict, verdict: str = "") -> list[tuple[str, str, str, str]]:
-        paint_ = run["capture_to_paint"]
+    def other_run(label: str, run: dict, verdict: str = "", annotation: str = "") -> list[tuple[str, str, str, str]]:
+        paint_, delay = run["capture_to_paint"], run["annotation_delay"] or {}
         return [(f"{label}: painted / source fps",
                  f"{run['painted_fps']:.2f} / {run['source_fps']:.2f} = {run['painted_to_source_ratio']:.3f}x", "", ""),
                 (f"{label}: capture -> paint p50 / p99", f"{paint_.get('p50_ms', 0):.2f} / {paint_.get('p99_ms', 0):.2f} ms",
-                 f"p99 <= {TARGET_PAINT_P99_MS} ms" if verdict else "", verdict)]
+                 f"p99 <= {TARGET_PAINT_P99_MS} ms" if verdict else "", verdict),
+                (f"{label}: annotation delay p50 / p99", f"{delay.get('p50_ms', 0):.1f} / {delay.get('p99_ms', 0):.1f} ms",
+                 f"p99 <= {TARGET_ANNOTATION_P99_MS:g} ms" if annotation else "", annotation)]
     if report.get("live_source"):
-        rows += other_run("as a live source (capture card)", report["live_source"], report["verdict"]["live_paint"])
+        rows += other_run("as a live source (capture card)", report["live_source"], report["verdict"]["live_paint"],
+                          report["verdict"]["live_annotation"])
     b = report.get("baseline_no_inference")
     if b:
         rows += other_run("baseline without inference", b)
@@ -348,6 +353,8 @@ def main(argv=None) -> int:
     }
     if live is not None:
         verdict["live_paint"] = "PASS" if live["capture_to_paint"].get("p99_ms", 1e9) <= TARGET_PAINT_P99_MS else "FAIL"
+        verdict["live_annotation"] = "PASS" if (live["annotation_delay"] or {}).get("p99_ms", 1e9) \
+            <= TARGET_ANNOTATION_P99_MS else "FAIL"
     report = {
         "bench": "viewer", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),

@@ -460,6 +460,30 @@ def test_display_gate_is_shut_from_arrival_to_paint_and_analysis_goes_on(qapp, t
     assert gc.get_freeze_count() > 50_000
 
 
+@pytest.mark.parametrize("source, area", [((1920, 1080), (1586, 892)), ((1920, 1080), (1585, 891)),
+                                          ((1350, 1080), (1000, 700)), ((1920, 1080), (800, 450)),
+                                          ((1280, 720), (1586, 892)), ((1920, 1080), (1919, 1079))])
+def test_display_scaling_on_two_threads_is_the_one_thread_picture(source, area):
+    """The capture thread scales the upper part and a helper the lower part of a shrunk frame,
+    split where the output row maps onto a whole source row (odd sizes too); the picture is the
+    one-thread one within a grey level, bilinear and area-averaged alike (an enlarged frame is
+    scaled on one thread)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gui.video import _exact_split, scale_for_display
+
+    image = cv2.GaussianBlur(np.random.default_rng(1).integers(0, 255, source[::-1] + (3,), dtype=np.uint8), (5, 5), 1)
+    one = scale_for_display(image, area)
+    with ThreadPoolExecutor(1) as helper:
+        two = scale_for_display(image, area, helper=helper)
+    assert two.shape == one.shape
+    assert np.abs(two.astype(int) - one.astype(int)).max() <= 1
+    split = _exact_split(source[1], one.shape[0])
+    if split is not None:
+        rows, source_rows = split
+        assert 0 < rows < one.shape[0] and rows * source[1] == source_rows * one.shape[0]
+
+
 def test_display_buffers_are_reused_but_never_one_in_use(qapp):
     from gui.video import scale_for_display
 
@@ -474,7 +498,7 @@ def test_display_buffers_are_reused_but_never_one_in_use(qapp):
         def arrive(index):                    # prepared ahead, then handed over at its media time
             display = bridge._prepare(session, frames[index])
             assert display.shape == (892, 1586, 3)
-            np.testing.assert_array_equal(display, scale_for_display(frames[index].image, (1586, 892)))
+            np.testing.assert_allclose(display, scale_for_display(frames[index].image, (1586, 892)), atol=1)
             waiting = bridge.frames.peek()
             in_use = [bridge._shown, bridge._painting, waiting.display if waiting else None]
             assert not any(display is other for other in in_use)
