@@ -18,6 +18,11 @@ MIN_FOV_FRACTION = 0.15      # a smaller "field of view" means the frame was too
 ANALYSIS_WIDTH = 320         # estimate on a downscaled copy: the border is large and smooth
 
 
+def channel_max(image: np.ndarray) -> np.ndarray:
+    """max(R, G, B) per pixel (numpy's max over a last axis of 3 is ~30x slower: 1.5 ms at 320x180)."""
+    return np.maximum(np.maximum(image[..., 0], image[..., 1]), image[..., 2])
+
+
 def estimate_fov_mask(image_rgb: np.ndarray, dark_threshold: int = DARK_THRESHOLD) -> np.ndarray:
     """Bool HxW, True inside the field of view.
 
@@ -33,8 +38,7 @@ def estimate_fov_mask(image_rgb: np.ndarray, dark_threshold: int = DARK_THRESHOL
     scale = min(1.0, ANALYSIS_WIDTH / w)
     small = image_rgb if scale == 1.0 else cv2.resize(
         image_rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    bright = small.max(axis=2)
-    bright = cv2.medianBlur(bright, 3)
+    bright = cv2.medianBlur(channel_max(small), 3)
     lit = (bright >= dark_threshold).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(lit, connectivity=8)
     if count <= 1:
@@ -135,7 +139,7 @@ class BorderWatch:
 
     def _lit(self, image_rgb: np.ndarray) -> np.ndarray:
         ys, xs = self._where
-        return image_rgb[ys, xs].max(axis=2) >= self.dark_threshold
+        return channel_max(image_rgb[ys, xs]) >= self.dark_threshold
 
     def reset(self, image_rgb: np.ndarray, mask: np.ndarray) -> None:
         """The mask was just estimated from `image_rgb`: watch for changes from this frame on."""
