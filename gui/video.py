@@ -9,6 +9,7 @@ a full-resolution copy of the frame for snapshots.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import deque
 from concurrent.futures import Executor
@@ -77,12 +78,15 @@ def scale_for_display(image: np.ndarray, area: tuple[int, int], out: np.ndarray 
     The bridge runs it on the pipeline's capture thread, so the GUI thread only blits the picture
     1:1 (cv2's bilinear resize releases the GIL; Qt's smooth scaled blit would hold the GUI thread).
     `out`: a buffer of the display size to write into (no fresh 4-6 MB allocation per frame).
-    `helper`: a one-thread executor that scales the lower part of the frame while this thread
-    scales the upper part when the frame is shrunk (a live 1080p frame waits for its scaling: on
-    two cores it takes half as long with the other core free). The split is at an output row whose source row is a whole
-    number, so each part samples the source rows the whole-frame resize would; the picture is the
-    same within one grey level (OpenCV's fixed-point row positions round a few rows of the lower
-    part the other way). The frame itself comes back unchanged when it already fits exactly.
+    `helper`: a one-thread executor that shares the work of shrinking the frame (a live 1080p
+    frame waits for its scaling; with the other core free it takes about half as long). The
+    output is cut into up to `SCALE_BANDS` bands of rows, each starting at an output row that
+    maps onto a whole source row, so each band samples the source rows the whole-frame resize
+    would (the picture is the same within one grey level: OpenCV's fixed-point row positions
+    round a few rows the other way). This thread and the helper take bands in turn; a band the
+    helper has not started when this thread is free is done here, so a helper that is not
+    scheduled (another program on the other core) costs at most the band it is in the middle
+    of, not the whole lower half. The frame itself comes back unchanged when it already fits.
     """
     height, width = image.shape[:2]
     size = display_size((width, height), area)
@@ -91,27 +95,49 @@ def scale_for_display(image: np.ndarray, area: tuple[int, int], out: np.ndarray 
     if out is None or out.shape != (size[1], size[0], 3):
         out = np.empty((size[1], size[0], 3), np.uint8)
     interpolation = cv2.INTER_AREA if size[0] < width / 2 else cv2.INTER_LINEAR
-    # Shrinking, no output row of one part samples a source row of the other (enlarging, the rows
-    # next to the split would): only then is the work split.
-    split = _exact_split(height, size[1]) if helper is not None and size[1] < height else None
-    if split is None:
+    # Shrinking, no output row of one band samples a source row of the next (enlarging, the rows
+    # next to a cut would): only then is the work shared.
+    cuts = _exact_cuts(height, size[1]) if helper is not None and size[1] < height else []
+    if not cuts:
         return cv2.resize(image, size, dst=out, interpolation=interpolation)
-    rows, source_rows = split
-    lower = helper.submit(cv2.resize, image[source_rows:], (size[0], size[1] - rows), dst=out[rows:],
-                          interpolation=interpolation)
-    cv2.resize(image[:source_rows], (size[0], rows), dst=out[:rows], interpolation=interpolation)
-    lower.result()
+    bands = list(zip([(0, 0)] + cuts, cuts + [(size[1], height)]))
+    taken = iter(range(len(bands)))
+    state = threading.Condition()
+    running = [0]                      # bands being scaled right now
+
+    def work() -> None:
+        while True:
+            with state:
+                index = next(taken, None)
+                if index is None:
+                    return
+                running[0] += 1
+            (row, source_row), (end, source_end) = bands[index]
+            try:
+                cv2.resize(image[source_row:source_end], (size[0], end - row), dst=out[row:end],
+                           interpolation=interpolation)
+            finally:
+                with state:
+                    running[0] -= 1
+                    state.notify_all()
+    shared = helper.submit(work)
+    work()
+    with state:                        # a band the helper is in the middle of (not one it never took)
+        state.wait_for(lambda: running[0] == 0)
+    if shared.done() and shared.exception() is not None:
+        raise shared.exception()
     return out
 
 
-def _exact_split(source: int, target: int) -> tuple[int, int] | None:
-    """(output row, source row) nearest the middle where target rows map onto a whole number of
-    source rows (target * source_row == source * row), or None when there is none inside."""
+SCALE_BANDS = 4
+
+
+def _exact_cuts(source: int, target: int) -> list[tuple[int, int]]:
+    """Up to SCALE_BANDS - 1 (output row, source row) cuts, evenly spread, where output rows map
+    onto whole source rows (target * source_row == source * row); [] when there is none inside."""
     step = target // math.gcd(source, target)
-    rows = round(target / 2 / step) * step
-    if not 0 < rows < target:
-        return None
-    return rows, rows * source // target
+    rows = sorted({round(target * k / SCALE_BANDS / step) * step for k in range(1, SCALE_BANDS)})
+    return [(r, r * source // target) for r in rows if 0 < r < target]
 
 
 def track_text(report: TrackReport) -> str:

@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -464,13 +465,13 @@ def test_display_gate_is_shut_from_arrival_to_paint_and_analysis_goes_on(qapp, t
                                           ((1350, 1080), (1000, 700)), ((1920, 1080), (800, 450)),
                                           ((1280, 720), (1586, 892)), ((1920, 1080), (1919, 1079))])
 def test_display_scaling_on_two_threads_is_the_one_thread_picture(source, area):
-    """The capture thread scales the upper part and a helper the lower part of a shrunk frame,
-    split where the output row maps onto a whole source row (odd sizes too); the picture is the
-    one-thread one within a grey level, bilinear and area-averaged alike (an enlarged frame is
-    scaled on one thread)."""
+    """The capture thread and a helper share the bands of a shrunk frame, cut where an output row
+    maps onto a whole source row (odd sizes too); the picture is the one-thread one within a grey
+    level, bilinear and area-averaged alike (an enlarged frame is scaled on one thread). A helper
+    that never runs only means this thread does every band."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from gui.video import _exact_split, scale_for_display
+    from gui.video import _exact_cuts, scale_for_display
 
     image = cv2.GaussianBlur(np.random.default_rng(1).integers(0, 255, source[::-1] + (3,), dtype=np.uint8), (5, 5), 1)
     one = scale_for_display(image, area)
@@ -478,10 +479,14 @@ def test_display_scaling_on_two_threads_is_the_one_thread_picture(source, area):
         two = scale_for_display(image, area, helper=helper)
     assert two.shape == one.shape
     assert np.abs(two.astype(int) - one.astype(int)).max() <= 1
-    split = _exact_split(source[1], one.shape[0])
-    if split is not None:
-        rows, source_rows = split
+    for rows, source_rows in _exact_cuts(source[1], one.shape[0]):
         assert 0 < rows < one.shape[0] and rows * source[1] == source_rows * one.shape[0]
+    with ThreadPoolExecutor(1) as stuck:          # a helper busy elsewhere never takes a band
+        release = threading.Event()
+        stuck.submit(release.wait, 10)
+        alone = scale_for_display(image, area, helper=stuck)
+        release.set()
+    assert np.abs(alone.astype(int) - one.astype(int)).max() <= 1
 
 
 def test_display_buffers_are_reused_but_never_one_in_use(qapp):
