@@ -18,14 +18,13 @@ crop, so the unit and offset of the map never matter, only its order.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from .bundle import Bundle, copy_external_onnx, load_bundle
 from .errors import BundleError
-from .prep import IMAGENET_MEAN, IMAGENET_STD, _normalise, apply_fov
+from .prep import IMAGENET_MEAN, IMAGENET_STD, _normalise
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "depth"
