@@ -2,15 +2,16 @@
 
 - Frames: the viewer is the live graph's display sink (`ViewerSink`, one per opened source);
   the pipeline calls its `prepare` and then its `deliver` on the capture thread. `prepare`
-  scales the frame to the video area (cv2 without the GIL, the lower part on a helper thread: a
-  1080p frame in ~1.5-2.5 ms) into one of four reused buffers; for a replayed file the pipeline calls it while the decoded frame waits for
-  its media time, for a live source as the frame arrives. `deliver` offers the frame to the
-  recorder (a non-blocking put), leaves it in the graph's latest-wins slot (pipeline.graph
-  `LatestSlot`, the edge display -> GUI thread) and, when the slot was empty, announces it with
-  `frame_ready` (delivered on the GUI thread as a queued signal). The GUI takes the newest
-  frame without waiting on the slot; there is never more than one notification waiting, so a
-  slow paint skips frames (the slot's drops) instead of piling them up. One thread hop from
-  decoder to paint: a display thread in between cost a wake-up and a GIL hand-over per frame.
+  scales the frame to the video area (cv2 without the GIL, in bands shared with a helper thread:
+  gui.video.scale_for_display) into one of four reused buffers; for a replayed file the pipeline
+  calls it while the decoded frame waits for its media time, for a live source as the frame
+  arrives. `deliver` offers the frame to the recorder (a non-blocking put), leaves it in the
+  graph's latest-wins slot (pipeline.graph `LatestSlot`, the edge display -> GUI thread) and,
+  when the slot was empty, announces it with `frame_ready` (delivered on the GUI thread as a
+  queued signal). The GUI takes the newest frame without waiting on the slot; there is never
+  more than one notification waiting, so a slow paint skips frames (the slot's drops) instead
+  of piling them up. One thread hop from decoder to paint: a display thread in between cost a
+  wake-up and a GIL hand-over per frame.
 - The display gate (scheduling, given to the pipeline in its `LiveScheduling`): from a frame's
   arrival until the GUI reports it painted (`frame_shown`), the analysis threads start no stage
   and the capture thread waits (at most `DISPLAY_WAIT_S`) before reading the next frame, so the
@@ -106,7 +107,7 @@ class PipelineBridge(QObject):
         self.info: SourceInfo | None = None
         self.recorder: Recorder | None = None
         self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hagview-control")
-        # Scales the lower part of each frame while the capture thread scales the upper part.
+        # Takes bands of each frame's display scaling beside the capture thread.
         self._scaler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hagview-scale")
         # Held while a frame is put, taken or its buffer looked at, so that the session check
         # and the put, and the take and `_painting`, happen as one (lock order: this, then the

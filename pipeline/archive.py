@@ -222,6 +222,14 @@ class JobBoard:
         self.stream.flush()
 
 
+@dataclass
+class _Worker:
+    """A worker process of `run_jobs`, its own task queue and the input it is on (None: idle)."""
+    process: Any
+    inbox: Any
+    task: Task | None = None
+
+
 def run_jobs(tasks: Sequence[Task], settings: dict[str, Any], jobs: int, *,
              on_done: Callable[[Task, dict[str, Any]], None], on_failed: Callable[[Task, str], None],
              quiet: bool = False, stream: TextIO | None = None, prefix: str = "", worker=_worker) -> None:
@@ -233,12 +241,12 @@ def run_jobs(tasks: Sequence[Task], settings: dict[str, Any], jobs: int, *,
     context = multiprocessing.get_context("spawn")
     outbox = context.Queue()
     pending = list(tasks)
-    workers: dict[int, list] = {}       # slot -> [process, inbox, task it is on or None]
+    workers: dict[int, _Worker] = {}       # by slot
     board = JobBoard(tasks, jobs, stream, enabled=not quiet, prefix=prefix)
     outcome: dict[int, tuple[str, Any]] = {}
 
     def finish(slot: int, task: Task, kind: str, value: Any) -> None:
-        workers[slot][2] = None
+        workers[slot].task = None
         board.end(slot, kind == "done")
         if kind == "done":
             on_done(task, value)
@@ -249,20 +257,20 @@ def run_jobs(tasks: Sequence[Task], settings: dict[str, Any], jobs: int, *,
             board.message(f"error: {value}")
         board.draw(force=True)
     try:
-        while pending or any(w[2] is not None for w in workers.values()):
+        while pending or any(w.task is not None for w in workers.values()):
             for slot in range(jobs):
-                if slot in workers and workers[slot][2] is None and not workers[slot][0].is_alive():
+                if slot in workers and workers[slot].task is None and not workers[slot].process.is_alive():
                     del workers[slot]        # died between inputs: nothing of its to fail
                 if slot not in workers and pending:
                     inbox = context.Queue()
                     process = context.Process(target=worker, args=(inbox, outbox, settings),
                                               name=f"hagview-annotate-{slot + 1}", daemon=True)
                     process.start()
-                    workers[slot] = [process, inbox, None]
-                if slot in workers and workers[slot][2] is None and pending:
+                    workers[slot] = _Worker(process, inbox)
+                if slot in workers and workers[slot].task is None and pending:
                     task = pending.pop(0)
-                    workers[slot][1].put(task)
-                    workers[slot][2] = task
+                    workers[slot].inbox.put(task)
+                    workers[slot].task = task
                     board.start(slot, task.index)
             try:
                 kind, index, *rest = outbox.get(timeout=0.2)
@@ -272,7 +280,8 @@ def run_jobs(tasks: Sequence[Task], settings: dict[str, Any], jobs: int, *,
                     outcome[index] = (kind, rest[0])
             except Exception:       # queue.Empty: look at the processes
                 pass
-            for slot, (process, _, task) in list(workers.items()):
+            for slot, w in list(workers.items()):
+                process, task = w.process, w.task
                 if task is not None and task.index in outcome:
                     finish(slot, task, *outcome.pop(task.index))
                 elif task is not None and not process.is_alive():
@@ -286,13 +295,13 @@ def run_jobs(tasks: Sequence[Task], settings: dict[str, Any], jobs: int, *,
                         "failed", f"{task.spec}: the worker process exited with code {process.exitcode}")))
                     del workers[slot]        # a fresh worker takes the next input
     finally:
-        for process, inbox, _ in workers.values():
-            inbox.put(None)
-        for process, _, _ in workers.values():
-            process.join(5.0)
-            if process.is_alive():
-                process.terminate()
-                process.join(5.0)
+        for w in workers.values():
+            w.inbox.put(None)
+        for w in workers.values():
+            w.process.join(5.0)
+            if w.process.is_alive():
+                w.process.terminate()
+                w.process.join(5.0)
 
 
 def _drain(queue, board: JobBoard, outcome: dict) -> bool:
